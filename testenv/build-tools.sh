@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Builds the test binaries (etcd, kube-apiserver, kubectl, helm) from the Go
+# modules pinned in testenv/go/*, into a cache outside the checkout keyed by
+# version. A binary already present with the right --version is not rebuilt.
+# Also creates the Python venv holding Keystone and Glance (testenv/python/).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="${CLOUDIMAGE_CACHE:-$HOME/.cache/cloudimage-testenv}"
+
+KUBE_VERSION="$(awk '$1=="require" && $2=="k8s.io/kubernetes" {print $3}' "$HERE/go/kube/go.mod")"
+ETCD_VERSION="$(awk '$1=="go.etcd.io/etcd/server/v3" {print $2}' "$HERE/go/etcd/go.mod" | head -1)"
+HELM_VERSION="$(awk '$1=="helm.sh/helm/v3" {print $2}' "$HERE/go/helm/go.mod" | head -1)"
+PY_KEY="$(sha256sum "$HERE/python/requirements.txt" | cut -c1-12)"
+
+export GOTOOLCHAIN=local CGO_ENABLED=0
+export GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build"
+export GOFLAGS=-mod=readonly
+
+BIN_KUBE="$CACHE/kube-$KUBE_VERSION"
+BIN_ETCD="$CACHE/etcd-$ETCD_VERSION"
+BIN_HELM="$CACHE/helm-$HELM_VERSION"
+VENV="$CACHE/venv-$PY_KEY"
+
+log() { printf '[build-tools] %s\n' "$*" >&2; }
+
+# has_version BIN PATTERN: the binary exists and its --version mentions PATTERN.
+has_version() {
+  [[ -x "$1" ]] && "$1" "${@:3}" 2>/dev/null | grep -qF -- "$2"
+}
+
+build_kube() {
+  mkdir -p "$BIN_KUBE"
+  local ld="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$KUBE_VERSION" | cut -d. -f2)"
+  local ldc="-s -w -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION"
+  if ! has_version "$BIN_KUBE/kube-apiserver" "$KUBE_VERSION" --version; then
+    log "building kube-apiserver $KUBE_VERSION (cold: 10-25 min on 2 cores)"
+    (cd "$HERE/go/kube" && go build -trimpath -ldflags "$ld" -o "$BIN_KUBE/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver)
+  fi
+  if ! has_version "$BIN_KUBE/kubectl" "$KUBE_VERSION" version --client; then
+    log "building kubectl $KUBE_VERSION"
+    (cd "$HERE/go/kube" && go build -trimpath -ldflags "$ldc" -o "$BIN_KUBE/kubectl" k8s.io/kubernetes/cmd/kubectl)
+  fi
+}
+
+build_etcd() {
+  mkdir -p "$BIN_ETCD"
+  if ! has_version "$BIN_ETCD/etcd" "${ETCD_VERSION#v}" --version; then
+    log "building etcd $ETCD_VERSION"
+    (cd "$HERE/go/etcd" && go build -trimpath -ldflags "-s -w" -o "$BIN_ETCD/etcd" go.etcd.io/etcd/server/v3)
+  fi
+}
+
+build_helm() {
+  mkdir -p "$BIN_HELM"
+  if ! has_version "$BIN_HELM/helm" "$HELM_VERSION" version --short; then
+    log "building helm $HELM_VERSION"
+    (cd "$HERE/go/helm" && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" -o "$BIN_HELM/helm" helm.sh/helm/v3/cmd/helm)
+  fi
+}
+
+build_venv() {
+  if [[ -x "$VENV/bin/gunicorn" && -f "$VENV/.complete" ]]; then return; fi
+  log "creating Python venv for Keystone + Glance in $VENV"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$HERE/python/requirements.txt"
+  touch "$VENV/.complete"
+}
+
+main() {
+  mkdir -p "$CACHE"
+  local what="${1:-all}"
+  case "$what" in
+    kube) build_kube ;;
+    etcd) build_etcd ;;
+    helm) build_helm ;;
+    venv) build_venv ;;
+    all) build_venv; build_etcd; build_kube; build_helm ;;
+    paths)
+      echo "KUBE_BIN_DIR=$BIN_KUBE"; echo "ETCD_BIN_DIR=$BIN_ETCD"; echo "HELM_BIN_DIR=$BIN_HELM"; echo "VENV=$VENV"; return ;;
+    *) echo "usage: $0 [all|kube|etcd|helm|venv|paths]" >&2; exit 2 ;;
+  esac
+}
+main "$@"
