@@ -133,9 +133,6 @@ pub struct ImageObservation {
     /// When the image was last updated in the cloud (as the cloud said it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<String>,
-    /// When the operator last asked the cloud about the image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_checked_time: Option<Time>,
 }
 
 /// How the deletion of the image went so far.
@@ -201,5 +198,30 @@ mod tests {
         .expect("minimal spec parses");
         assert_eq!(spec.deletion_policy, DeletionPolicy::Delete);
         assert!(!spec.delete_backup);
+    }
+}
+
+/// Whether `id` has the shape [`IMAGE_ID_PATTERN`] describes. The API server
+/// enforces the pattern; this guards objects stored before it did.
+pub fn is_canonical_image_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(c),
+        })
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::is_canonical_image_id;
+
+    #[test]
+    fn only_lower_case_uuids_are_image_ids() {
+        assert!(is_canonical_image_id("4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90"));
+        assert!(!is_canonical_image_id("4CA46BF1-5C61-48FF-B4F3-0AD4E5E3BA90"));
+        assert!(!is_canonical_image_id("4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba9"));
+        assert!(!is_canonical_image_id("../../4ca46bf1-5c61-48ff-b4f3-0ad4e5e3"));
+        assert!(!is_canonical_image_id("4ca46bf1x5c61-48ff-b4f3-0ad4e5e3ba90"));
     }
 }

@@ -1,2 +1,7 @@
+//! cloudimage-operator: deletes a cloud VM image when its CloudImage is deleted.
+
+pub mod cli;
 pub mod cloud;
+pub mod controller;
 pub mod crd;
+pub mod run;

@@ -564,6 +564,12 @@ start_apiserver() { # STATE_DIR
     ip="$(hostname -I 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9.]+$' | grep -v '^127\.' | head -1 || true)"
     adv=(--advertise-address="${ip:-127.0.0.1}")
   fi
+  # A loopback advertise address is refused by the default (lease) endpoint
+  # reconciler ("may not be in the loopback range"); without a reconciler the
+  # `kubernetes` Service just has no endpoints, which nothing here needs.
+  if [[ "${adv[0]:-}" == --advertise-address=127.* ]]; then
+    adv+=(--endpoint-reconciler-type=none)
+  fi
   start_service "$dir" kube-apiserver "$dir/kube-apiserver" "$KUBE_BIN_DIR/kube-apiserver" \
     --etcd-servers="$ETCD_URL" \
     --bind-address=127.0.0.1 \
@@ -739,9 +745,8 @@ finish_up() { # STATE_DIR: record PIDs, write clouds.yaml and env
 }
 
 cmd_up() {
-  local dir t_start
+  local dir
   dir="$(abs_dir "${1:-$DEFAULT_STATE_DIR}")"
-  t_start=$(now)
 
   build_tools
 
@@ -753,7 +758,7 @@ cmd_up() {
     echo "already up: $dir"
     return 0
   fi
-  if [[ -e "$dir/env" || -d "$dir/pids" ]]; then
+  if [[ -e "$dir/env" ]] || compgen -G "$dir/pids/*.pid" >/dev/null; then
     log "stale or partial state in $dir: stopping leftovers, starting fresh"
     stop_all "$dir"
   fi
@@ -769,6 +774,8 @@ cmd_up() {
   start_apiserver "$dir"
   start_keystone "$dir"
   assert_running "$dir" kube-apiserver
+  # Glance's config + db_sync while Keystone boots (running them alongside
+  # keystone-manage was slower on 2 cores).
   prepare_glance "$dir"
   assert_running "$dir" kube-apiserver
   populate_keystone "$dir"
@@ -780,7 +787,7 @@ cmd_up() {
   trap - EXIT INT TERM
 
   cat <<EOF
-testenv up in $(( $(now) - t_start ))s: $dir
+testenv up in ${SECONDS}s: $dir
   etcd            $ETCD_URL (pid $ETCD_PID)
   kube-apiserver  $KUBE_APISERVER_URL (pid $KUBE_APISERVER_PID)
   keystone        $KEYSTONE_URL (pid $KEYSTONE_PID)

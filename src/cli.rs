@@ -1,0 +1,109 @@
+//! Command-line flags, each with an environment-variable fallback.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Deletes cloud VM images (OpenStack Glance, Huawei Cloud IMS) when their
+/// CloudImage resources are deleted.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "cloudimage-operator", version)]
+pub struct Args {
+    /// Path to a kubeconfig. Without it: in-cluster config, else the default kubeconfig.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Namespace to watch; repeat or comma-separate for several. All namespaces when absent.
+    #[arg(long = "namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// How many CloudImages are reconciled at the same time.
+    #[arg(long, env = "CLOUDIMAGE_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+
+    /// How often a healthy CloudImage's image is looked up again (e.g. 30s, 5m, 1h).
+    #[arg(long, env = "CLOUDIMAGE_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+
+    /// First retry delay after a transient failure (cloud unreachable, busy, throttled).
+    #[arg(long, env = "CLOUDIMAGE_RETRY_FAST", default_value = "2s", value_parser = parse_duration)]
+    pub retry_fast: Duration,
+
+    /// First retry delay after a failure a person must fix (protected, forbidden, credentials).
+    #[arg(long, env = "CLOUDIMAGE_RETRY_SLOW", default_value = "30s", value_parser = parse_duration)]
+    pub retry_slow: Duration,
+
+    /// Longest delay between retries.
+    #[arg(long, env = "CLOUDIMAGE_RETRY_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub retry_max: Duration,
+
+    /// How often a deletion that Huawei IMS accepted is checked for completion.
+    #[arg(long, env = "CLOUDIMAGE_ACCEPTED_POLL_INTERVAL", default_value = "3s", value_parser = parse_duration)]
+    pub accepted_poll_interval: Duration,
+
+    /// Report what would be deleted, never call DELETE (for a first rollout).
+    /// Finalizers are kept: objects being deleted wait until dry run is off.
+    #[arg(long, env = "CLOUDIMAGE_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Log format.
+    #[arg(long, env = "CLOUDIMAGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `cloudimage_operator=debug`).
+    #[arg(long, env = "CLOUDIMAGE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 30s, 5m or 1h"))?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
+    };
+    if d.is_zero() {
+        return Err("a duration must be more than zero".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn namespaces_split_on_commas() {
+        let a = Args::try_parse_from(["x", "--namespace", "a,b", "--namespace", "c"]).expect("parses");
+        assert_eq!(a.namespaces, vec!["a", "b", "c"]);
+    }
+}

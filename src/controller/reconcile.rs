@@ -1,0 +1,82 @@
+//! The reconcile entry point: dispatches on the finalizer state to `live`
+//! (the object exists) or `cleanup` (the object is being deleted).
+
+use std::sync::Arc;
+
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+use rand::Rng;
+use tracing::{Instrument, info_span, warn};
+
+use super::backoff::{self, Pace};
+use super::decide::Problem;
+use super::{Context, Error, cleanup, credentials, kube_io, live};
+use crate::cloud::ImageService;
+use crate::crd::{CloudImage, FINALIZER};
+
+/// A key for per-object state that survives reconciles but not a recreation.
+pub fn object_key(obj: &CloudImage) -> String {
+    format!("{}/{}/{}", obj.namespace().unwrap_or_default(), obj.name_any(), obj.uid().unwrap_or_default())
+}
+
+pub async fn reconcile(obj: Arc<CloudImage>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = info_span!(
+        "reconcile",
+        namespace = %obj.namespace().unwrap_or_default(),
+        name = %obj.name_any(),
+        image_id = %obj.spec.image_id
+    );
+    dispatch(obj, ctx).instrument(span).await
+}
+
+async fn dispatch(obj: Arc<CloudImage>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    let api: Api<CloudImage> = Api::namespaced(ctx.client.clone(), &ns);
+    let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
+    match (obj.metadata.deletion_timestamp.is_some(), has_finalizer) {
+        // Deleted before we ever added the finalizer, or already released: nothing of ours to do.
+        (true, false) => Ok(Action::await_change()),
+        (true, true) => cleanup::cleanup(&api, &obj, &ctx).await,
+        // The finalizer comes first, so an object is never deleted unwatched.
+        (false, false) => {
+            kube_io::add_finalizer(&api, &obj).await.map_err(Error::AddFinalizer)?;
+            Ok(Action::await_change())
+        }
+        (false, true) => live::observe(&api, &obj, &ctx).await,
+    }
+}
+
+/// Paces the retry of a problem for this object.
+pub fn retry(ctx: &Context, obj: &CloudImage, problem: &Problem) -> Action {
+    let failures = ctx.failures.record(&object_key(obj));
+    let jitter: f64 = rand::rng().random();
+    Action::requeue(backoff::delay(&ctx.settings.backoff, problem.pace, failures, problem.retry_after, jitter))
+}
+
+/// Kubernetes API failures: logged and retried with the fast backoff.
+pub fn error_policy(obj: Arc<CloudImage>, err: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.failures.record(&object_key(&obj));
+    warn!(namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any(), reason = err.reason(), error = %err, failures, "reconcile failed");
+    let jitter: f64 = rand::rng().random();
+    Action::requeue(backoff::delay(&ctx.settings.backoff, Pace::Fast, failures, None, jitter))
+}
+
+/// The image service for `obj`, built from its own namespace's Secret.
+/// A problem (bad spec, missing or invalid credentials) is returned as
+/// such; only Kubernetes API failures are errors.
+pub async fn cloud_for(obj: &CloudImage, ctx: &Context) -> Result<Result<Arc<dyn ImageService>, Problem>, Error> {
+    if !crate::crd::is_canonical_image_id(&obj.spec.image_id) {
+        return Ok(Err(Problem::new(
+            "InvalidSpec",
+            format!("spec.imageId `{}` is not a lower-case UUID", crate::cloud::error::truncate(obj.spec.image_id.clone(), 64)),
+            Pace::Slow,
+        )));
+    }
+    let ns = obj.namespace().unwrap_or_default();
+    let cfg = match credentials::read(&ctx.client, &ns, &obj.spec.cloud_ref).await {
+        Ok(cfg) => cfg,
+        Err(credentials::CredentialsError::Problem(p)) => return Ok(Err(p)),
+        Err(credentials::CredentialsError::Api(e)) => return Err(Error::ReadCredentials(e)),
+    };
+    Ok(ctx.clouds.get(cfg).map_err(Problem::from))
+}
