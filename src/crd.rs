@@ -107,7 +107,8 @@ pub struct CloudImageStatus {
     pub deletion: Option<DeletionProgress>,
 }
 
-/// The image as the cloud last described it.
+/// The image as the cloud last described it. When a later GET answers 404,
+/// `status` becomes `NotFound` and the other fields keep what was last seen.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageObservation {

@@ -58,7 +58,7 @@ pid_is_ours() { # PID STATE_DIR
 
 read_pid() { # STATE_DIR NAME -> pid or empty
   local f="$1/pids/$2.pid"
-  [[ -f "$f" ]] && tr -dc '0-9' <"$f" || true
+  if [[ -f "$f" ]]; then tr -dc '0-9' <"$f"; fi
 }
 
 descendants() { # PID -> all descendant PIDs (children first, then theirs)
@@ -123,11 +123,37 @@ stop_service() {
   rm -f "$dir/pids/$name.pid"
 }
 
+# Safety net for what the pid files no longer lead to (e.g. gunicorn workers
+# whose master was SIGKILLed by someone else): our daemons run with their cwd
+# inside the state dir, so any etcd / kube-apiserver / gunicorn process whose
+# cwd is there is ours.
+sweep_leftovers() { # STATE_DIR
+  local dir="$1" p pid cwd cmd found=()
+  for p in /proc/[0-9]*; do
+    pid="${p#/proc/}"
+    [[ "$pid" == "$$" ]] && continue
+    cwd="$(readlink "$p/cwd" 2>/dev/null)" || continue
+    [[ "$cwd" == "$dir" || "$cwd" == "$dir"/* ]] || continue
+    cmd="$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)" || continue
+    case "$cmd" in
+      *gunicorn*|*/etcd\ *|*/kube-apiserver\ *) found+=("$pid") ;;
+    esac
+  done
+  (( ${#found[@]} > 0 )) || return 0
+  log "stopping leftover processes in $dir: ${found[*]}"
+  kill -TERM "${found[@]}" 2>/dev/null || true
+  if ! wait_gone "$STOP_TIMEOUT" "${found[@]}"; then
+    kill -KILL "${found[@]}" 2>/dev/null || true
+    wait_gone 5 "${found[@]}" || log "WARNING: some of ${found[*]} survived SIGKILL"
+  fi
+}
+
 stop_all() { # STATE_DIR
   local dir="$1" i
   for (( i=${#SERVICES[@]}-1; i>=0; i-- )); do
     stop_service "$dir" "${SERVICES[$i]}"
   done
+  sweep_leftovers "$dir"
 }
 
 # start_service STATE_DIR NAME WORKDIR CMD...: runs CMD in the background with
@@ -219,13 +245,13 @@ wait_foreign_builds() {
   local limit="${CLOUDIMAGE_TESTENV_BUILD_WAIT:-3600}"
   local deadline=$(( $(now) + limit )) said=0 pids
   while :; do
-    pids="$(pgrep -f "$BUILD_RE( (all|kube|etcd|venv))?\$" || true)"
-    [[ -z "$pids" ]] && return 0
+    pids="$(pgrep -f "$BUILD_RE( (all|kube|etcd|venv))?\$" | tr '\n' ' ' || true)"
+    [[ -z "${pids// /}" ]] && return 0
     if (( said == 0 )); then
-      log "waiting for a build already running (pids $(echo $pids)); up to ${limit}s"
+      log "waiting for a build already running (pids ${pids% }); up to ${limit}s"
       said=1
     fi
-    (( $(now) >= deadline )) && die "build still running after ${limit}s (pids $(echo $pids))"
+    (( $(now) >= deadline )) && die "build still running after ${limit}s (pids ${pids% })"
     sleep 2
   done
 }
@@ -259,6 +285,7 @@ build_tools() {
 
 # env_value STATE_DIR KEY: value of KEY in the env file (evaluated in a subshell).
 env_value() {
+  # shellcheck disable=SC1091
   ( set +u; source "$1/env" >/dev/null 2>&1; eval "printf '%s' \"\${$2:-}\"" )
 }
 
@@ -380,7 +407,7 @@ ks_api() {
 ks_token() { # USER PASSWORD PROJECT -> token (scoped to PROJECT in domain Default)
   local body
   body="$(jq -nc --arg u "$1" --arg p "$2" --arg pr "$3" '{auth:{identity:{methods:["password"],password:{user:{name:$u,domain:{id:"default"},password:$p}}},scope:{project:{name:$pr,domain:{id:"default"}}}}}')"
-  curl -s -m 30 -o /dev/null -D - -H 'Content-Type: application/json' -d "$body" "$KEYSTONE_URL/auth/tokens" \
+  { curl -s -m 30 -o /dev/null -D - -H 'Content-Type: application/json' -d "$body" "$KEYSTONE_URL/auth/tokens" || true; } \
     | awk 'tolower($1)=="x-subject-token:" {gsub(/\r/,"",$2); print $2}'
 }
 
@@ -497,15 +524,17 @@ verify_glance() { # as user demo: create an image, delete it (204)
   [[ -n "$token" ]] || { log "verify: no Keystone token for demo"; return 1; }
   id="$(curl -s -m 30 -X POST -H "X-Auth-Token: $token" -H 'Content-Type: application/json' \
         -d '{"name":"testenv-selfcheck","disk_format":"raw","container_format":"bare"}' \
-        "$GLANCE_URL/v2/images" | jq -r '.id // empty')"
+        "$GLANCE_URL/v2/images" | jq -r '.id // empty' 2>/dev/null || true)"
   [[ -n "$id" ]] || { log "verify: POST /v2/images as demo did not create an image"; tail -n 20 "$GLANCE_LOG" >&2; return 1; }
-  code="$(curl -s -m 30 -o /dev/null -w '%{http_code}' -X DELETE -H "X-Auth-Token: $token" "$GLANCE_URL/v2/images/$id")"
+  code="$(curl -s -m 30 -o /dev/null -w '%{http_code}' -X DELETE -H "X-Auth-Token: $token" "$GLANCE_URL/v2/images/$id" || true)"
   [[ "$code" == 204 ]] || { log "verify: DELETE /v2/images/$id -> $code, expected 204"; tail -n 20 "$GLANCE_LOG" >&2; return 1; }
   log "verified: demo token, image create + delete (204)"
 }
 
 # Phases of `up`. They share state through the globals set in init_up_vars.
 
+# Several of these are only read through ${!k} in write_env_file.
+# shellcheck disable=SC2034
 init_up_vars() { # STATE_DIR
   local dir="$1" ports
   mapfile -t ports < <(free_ports 5)
@@ -647,7 +676,8 @@ for sub, group in (("fernet-keys", "fernet_tokens"), ("receipt-keys", "fernet_re
     fernet_utils.FernetUtils(os.path.join(kdir, sub), 3, group).initialize_key_repository(
         os.getuid(), os.getgid())
 PY
-    "${km[@]}" bootstrap --bootstrap-password "$CLOUDIMAGE_TEST_ADMIN_PASSWORD" \
+    # The password through the environment, not argv (visible in ps).
+    OS_BOOTSTRAP_PASSWORD="$CLOUDIMAGE_TEST_ADMIN_PASSWORD" "${km[@]}" bootstrap \
       --bootstrap-region-id RegionOne \
       --bootstrap-admin-url "$KEYSTONE_URL/" \
       --bootstrap-public-url "$KEYSTONE_URL/" \
@@ -662,7 +692,7 @@ PY
 }
 
 populate_keystone() { # STATE_DIR: catalog, projects, users, roles (through the API)
-  local dir="$1" r_service r_member r_admin p_service p_demo p_other u
+  local dir="$1" r_service r_member p_service p_demo p_other u
   wait_http "$dir" keystone "$SERVICE_READY_TIMEOUT" 200 "$KEYSTONE_URL"
   KS_ADMIN_TOKEN="$(ks_token admin "$CLOUDIMAGE_TEST_ADMIN_PASSWORD" admin)"
   [[ -n "$KS_ADMIN_TOKEN" ]] || { log "no admin token from Keystone"; tail -n 30 "$KEYSTONE_LOG" >&2; return 1; }
@@ -674,10 +704,7 @@ populate_keystone() { # STATE_DIR: catalog, projects, users, roles (through the 
   p_other="$(ks_ensure_project other)"
   u="$(ks_ensure_user glance "$GLANCE_SERVICE_PASSWORD" "$p_service")"
   ks_grant "$p_service" "$u" "$r_service"
-  if [[ "${CLOUDIMAGE_TESTENV_GLANCE_ADMIN:-0}" == 1 ]]; then
-    r_admin="$(ks_ensure_role admin)"
-    ks_grant "$p_service" "$u" "$r_admin"
-  fi
+  # (role `service` is enough for keystonemiddleware to validate tokens; no `admin`.)
   u="$(ks_ensure_user demo "$CLOUDIMAGE_TEST_DEMO_PASSWORD" "$p_demo")"
   ks_grant "$p_demo" "$u" "$r_member"
   u="$(ks_ensure_user other "$CLOUDIMAGE_TEST_OTHER_PASSWORD" "$p_other")"

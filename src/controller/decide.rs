@@ -107,7 +107,10 @@ pub fn live_status(
             }
         }
         Ok(Lookup::NotFound) => {
-            s.image = Some(ImageObservation { status: Some("NotFound".into()), ..Default::default() });
+            // Keep what was last seen of the image (name, size, ...) next to the new status.
+            let mut img = s.image.take().unwrap_or_default();
+            img.status = Some("NotFound".into());
+            s.image = Some(img);
             Wanted {
                 type_: READY,
                 status: false,
@@ -176,7 +179,7 @@ pub fn reason_changed(prev: &CloudImageStatus, next: &CloudImageStatus, type_: &
 
 /// Whether the image was ever seen in the cloud by this operator.
 pub fn image_was_seen(prev: &CloudImageStatus) -> bool {
-    prev.image.as_ref().and_then(|i| i.status.as_deref()).is_some_and(|s| s != "NotFound")
+    prev.image.as_ref().is_some_and(|i| i.updated_at.is_some() || i.status.as_deref().is_some_and(|s| s != "NotFound"))
 }
 
 /// Progress bookkeeping kept even when the step did not count as an attempt.
@@ -272,7 +275,13 @@ mod tests {
     fn seen_images_are_remembered() {
         let s = live_status(&Default::default(), None, ID, &Ok(Lookup::Found(active(false))), at(0));
         assert!(image_was_seen(&s));
-        let gone = live_status(&Default::default(), None, ID, &Ok(Lookup::NotFound), at(0));
-        assert!(!image_was_seen(&gone));
+        let never = live_status(&Default::default(), None, ID, &Ok(Lookup::NotFound), at(0));
+        assert!(!image_was_seen(&never));
+        let mut seen = active(false);
+        seen.updated_at = Some("2026-01-01T00:00:00Z".into());
+        let s = live_status(&Default::default(), None, ID, &Ok(Lookup::Found(seen)), at(0));
+        let gone_later = live_status(&s, None, ID, &Ok(Lookup::NotFound), at(1));
+        assert!(image_was_seen(&gone_later));
+        assert_eq!(gone_later.image.as_ref().and_then(|i| i.name.as_deref()), Some("n"));
     }
 }

@@ -1,0 +1,311 @@
+//! Shared harness of the integration tests: the environment `testenv/env.sh up`
+//! started (real kube-apiserver, real Keystone + Glance), a fresh namespace per
+//! test, the operator as a real child process, and waits with deadlines.
+#![allow(dead_code)]
+
+pub mod glance;
+pub mod ims_double;
+pub mod relay;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use cloudimage_operator::crd::{CloudImage, CloudImageStatus};
+
+/// The environment file written by `testenv/env.sh up`.
+#[derive(Clone, Debug)]
+pub struct TestEnv {
+    pub vars: BTreeMap<String, String>,
+}
+
+impl TestEnv {
+    pub fn load() -> TestEnv {
+        let dir = std::env::var("CLOUDIMAGE_TESTENV_DIR").map(PathBuf::from).unwrap_or_else(|_| {
+            let home = std::env::var("HOME").expect("HOME is set");
+            PathBuf::from(home).join(".cache/cloudimage-testenv/run")
+        });
+        let path = dir.join("env");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!("cannot read {} ({e}): start the test environment first with `testenv/env.sh up`", path.display())
+        });
+        let mut vars = BTreeMap::new();
+        for line in text.lines() {
+            let line = line.trim().trim_start_matches("export ").trim();
+            if let Some((k, v)) = line.split_once('=') {
+                vars.insert(k.to_owned(), unquote(v));
+            }
+        }
+        TestEnv { vars }
+    }
+
+    pub fn var(&self, k: &str) -> String {
+        self.vars.get(k).cloned().unwrap_or_else(|| panic!("the test environment file has no {k}"))
+    }
+
+    pub fn keystone_url(&self) -> String {
+        self.var("KEYSTONE_URL")
+    }
+
+    pub fn glance_url(&self) -> String {
+        self.var("GLANCE_URL")
+    }
+
+    pub fn password(&self, user: &str) -> String {
+        self.var(&format!("CLOUDIMAGE_TEST_{}_PASSWORD", user.to_ascii_uppercase()))
+    }
+
+    /// A clouds.yaml with one cloud named `name` for `user` (admin, demo or
+    /// other), with extra keys merged into the cloud entry.
+    pub fn clouds_yaml(&self, name: &str, user: &str, extra: serde_json::Value) -> String {
+        let mut entry = json!({
+            "auth": {
+                "auth_url": self.keystone_url(),
+                "username": user,
+                "password": self.password(user),
+                "project_name": user,
+                "user_domain_name": "Default",
+                "project_domain_name": "Default",
+            },
+            "region_name": "RegionOne",
+            "interface": "public",
+            "identity_api_version": 3,
+        });
+        if let (Some(e), Some(x)) = (entry.as_object_mut(), extra.as_object()) {
+            for (k, v) in x {
+                e.insert(k.clone(), v.clone());
+            }
+        }
+        serde_yaml::to_string(&json!({ "clouds": { name: entry } })).expect("yaml")
+    }
+
+    pub async fn kube(&self) -> Client {
+        let kc = Kubeconfig::read_from(self.var("KUBECONFIG")).expect("kubeconfig");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kube config");
+        Client::try_from(cfg).expect("kube client")
+    }
+}
+
+fn unquote(v: &str) -> String {
+    let v = v.trim();
+    if v.len() >= 2 && ((v.starts_with('\'') && v.ends_with('\'')) || (v.starts_with('"') && v.ends_with('"'))) {
+        v[1..v.len() - 1].to_owned()
+    } else {
+        // printf %q escapes with backslashes
+        let mut out = String::new();
+        let mut chars = v.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or panics after `deadline`
+/// with the description and the last observation.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    let mut last = String::from("(never checked)");
+    while start.elapsed() < deadline {
+        match check().await {
+            Ok(v) => return v,
+            Err(s) => last = s,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out after {deadline:?} waiting for {what}; last seen: {last}");
+}
+
+/// The CRD, applied from the committed file, and waited for until it is served.
+pub async fn install_crd(client: &Client) {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/cloudimage.dev_cloudimages.yaml")).expect("crd file");
+    let crd: CustomResourceDefinition = serde_yaml::from_str(&text).expect("crd yaml");
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    api.patch(&crd.name_any(), &PatchParams::apply("cloudimage-tests").force(), &Patch::Apply(&crd)).await.expect("apply CRD");
+    let cimgs: Api<CloudImage> = Api::all(client.clone());
+    wait_for("the CloudImage CRD to be served", Duration::from_secs(60), || {
+        let cimgs = cimgs.clone();
+        async move { cimgs.list(&ListParams::default().limit(1)).await.map(|_| ()).map_err(|e| e.to_string()) }
+    })
+    .await;
+}
+
+/// One test's namespace, client and helpers.
+pub struct Scope {
+    pub env: TestEnv,
+    pub client: Client,
+    pub ns: String,
+}
+
+impl Scope {
+    /// Loads the environment, installs the CRD and creates a fresh namespace.
+    pub async fn new(test: &str) -> Scope {
+        let env = TestEnv::load();
+        let client = env.kube().await;
+        install_crd(&client).await;
+        let ns = format!("{}-{}", test.replace('_', "-"), &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        let nss: Api<Namespace> = Api::all(client.clone());
+        nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"))
+            .await
+            .expect("create namespace");
+        Scope { env, client, ns }
+    }
+
+    pub fn cimgs(&self) -> Api<CloudImage> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Creates or replaces the Secret `name` with a `clouds.yaml` key.
+    pub async fn put_secret(&self, name: &str, clouds_yaml: &str) {
+        let s: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name},
+            "stringData": {"clouds.yaml": clouds_yaml}
+        }))
+        .expect("secret");
+        self.secrets().patch(name, &PatchParams::apply("cloudimage-tests").force(), &Patch::Apply(&s)).await.expect("apply secret");
+    }
+
+    /// Creates a CloudImage from a spec.
+    pub async fn create(&self, name: &str, spec: serde_json::Value) -> Result<CloudImage, kube::Error> {
+        let obj: CloudImage = serde_json::from_value(json!({
+            "apiVersion": "cloudimage.dev/v1alpha1", "kind": "CloudImage",
+            "metadata": {"name": name}, "spec": spec
+        }))
+        .expect("CloudImage");
+        self.cimgs().create(&PostParams::default(), &obj).await
+    }
+
+    pub async fn delete(&self, name: &str) {
+        self.cimgs().delete(name, &DeleteParams::default()).await.expect("delete CloudImage");
+    }
+
+    pub async fn get(&self, name: &str) -> Option<CloudImage> {
+        self.cimgs().get_opt(name).await.expect("get CloudImage")
+    }
+
+    /// Waits until the object has our finalizer and a status satisfying `pred`.
+    pub async fn wait_status(&self, name: &str, what: &str, deadline: Duration, pred: impl Fn(&CloudImageStatus) -> bool) -> CloudImage {
+        wait_for(what, deadline, || async {
+            match self.get(name).await {
+                Some(o) if o.status.as_ref().is_some_and(&pred) => Ok(o),
+                Some(o) => Err(format!("status {:?}, finalizers {:?}", o.status, o.metadata.finalizers)),
+                None => Err("object is gone".into()),
+            }
+        })
+        .await
+    }
+
+    pub async fn wait_gone(&self, name: &str, deadline: Duration) {
+        wait_for(&format!("CloudImage {name} to be gone from the API"), deadline, || async {
+            match self.get(name).await {
+                None => Ok(()),
+                Some(o) => Err(format!("still there: status {:?}, finalizers {:?}", o.status, o.metadata.finalizers)),
+            }
+        })
+        .await
+    }
+
+    /// Events about `name` (events.k8s.io/v1), as (type, reason, note).
+    pub async fn events(&self, name: &str) -> Vec<(String, String, String)> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        let list = api.list(&ListParams::default()).await.expect("list events");
+        list.items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+
+    pub async fn wait_event(&self, name: &str, reason: &str, deadline: Duration) -> (String, String, String) {
+        wait_for(&format!("an Event {reason} about {name}"), deadline, || async {
+            let evs = self.events(name).await;
+            evs.iter().find(|e| e.1 == reason).cloned().ok_or_else(|| format!("{evs:?}"))
+        })
+        .await
+    }
+
+    /// Starts the operator as a child process watching only this namespace,
+    /// with short retry delays so tests finish quickly.
+    pub fn start_operator(&self, extra: &[&str]) -> Operator {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("operator-logs");
+        std::fs::create_dir_all(&dir).expect("log dir");
+        let log_path = dir.join(format!("{}.log", self.ns));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloudimage-operator"));
+        cmd.args(["--kubeconfig", &self.env.var("KUBECONFIG"), "--namespace", &self.ns])
+            .args(["--retry-fast", "300ms", "--retry-slow", "1s", "--retry-max", "3s", "--accepted-poll-interval", "500ms", "--resync-interval", "2s"])
+            .args(["--log-level", "cloudimage_operator=debug,info"])
+            .args(extra)
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .kill_on_drop(true);
+        let child = cmd.spawn().expect("start the operator");
+        Operator { child, log_path }
+    }
+}
+
+/// The operator under test; killed when dropped.
+pub struct Operator {
+    pub child: tokio::process::Child,
+    pub log_path: PathBuf,
+}
+
+impl Operator {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Stops the operator the hard way (SIGKILL), as a crash would.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Asks the operator to stop (SIGTERM) and waits for it to exit.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.expect("operator stops within 20 s").expect("wait")
+    }
+}
+
+/// The reason of the condition `type_`.
+pub fn reason(s: &CloudImageStatus, type_: &str) -> Option<String> {
+    s.conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.clone())
+}
+
+pub fn condition(s: &CloudImageStatus, type_: &str) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    s.conditions.iter().find(|c| c.type_ == type_).cloned()
+}
+
+pub fn spec(image_id: &str, secret: &str, cloud: &str) -> serde_json::Value {
+    json!({"imageId": image_id, "cloudRef": {"secretName": secret, "cloudName": cloud}})
+}
+
+pub const T: Duration = Duration::from_secs(60);
