@@ -67,7 +67,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 30s, 5m or 1h"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30s, 5m or 1h"))?;
     let d = match unit {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
@@ -103,7 +105,8 @@ mod tests {
 
     #[test]
     fn namespaces_split_on_commas() {
-        let a = Args::try_parse_from(["x", "--namespace", "a,b", "--namespace", "c"]).expect("parses");
+        let a =
+            Args::try_parse_from(["x", "--namespace", "a,b", "--namespace", "c"]).expect("parses");
         assert_eq!(a.namespaces, vec!["a", "b", "c"]);
     }
 }

@@ -13,8 +13,7 @@ pub const FINALIZER: &str = "cloudimage.dev/delete-image";
 /// Upper-case ids are refused on purpose: Glance answers 404 for them, and a
 /// 404 on delete means "already gone", which would release the finalizer of
 /// an image that still exists.
-pub const IMAGE_ID_PATTERN: &str =
-    "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+pub const IMAGE_ID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
 
 /// A cloud VM image (OpenStack Glance or Huawei Cloud IMS) whose lifetime is
 /// tied to this object: deleting the object deletes the image.
@@ -27,11 +26,11 @@ pub const IMAGE_ID_PATTERN: &str =
     shortname = "cimg",
     status = "CloudImageStatus",
     derive = "PartialEq",
-    printcolumn(name = "Image ID", type_ = "string", json_path = ".spec.imageId"),
-    printcolumn(name = "Image Status", type_ = "string", json_path = ".status.image.status"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.deletionPolicy"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name":"Image ID", "type":"string", "jsonPath":".spec.imageId"}"#,
+    printcolumn = r#"{"name":"Image Status", "type":"string", "jsonPath":".status.image.status"}"#,
+    printcolumn = r#"{"name":"Ready", "type":"string", "jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Policy", "type":"string", "jsonPath":".spec.deletionPolicy"}"#,
+    printcolumn = r#"{"name":"Age", "type":"date", "jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CloudImageSpec {
@@ -219,10 +218,20 @@ mod id_tests {
 
     #[test]
     fn only_lower_case_uuids_are_image_ids() {
-        assert!(is_canonical_image_id("4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90"));
-        assert!(!is_canonical_image_id("4CA46BF1-5C61-48FF-B4F3-0AD4E5E3BA90"));
-        assert!(!is_canonical_image_id("4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba9"));
-        assert!(!is_canonical_image_id("../../4ca46bf1-5c61-48ff-b4f3-0ad4e5e3"));
-        assert!(!is_canonical_image_id("4ca46bf1x5c61-48ff-b4f3-0ad4e5e3ba90"));
+        assert!(is_canonical_image_id(
+            "4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90"
+        ));
+        assert!(!is_canonical_image_id(
+            "4CA46BF1-5C61-48FF-B4F3-0AD4E5E3BA90"
+        ));
+        assert!(!is_canonical_image_id(
+            "4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba9"
+        ));
+        assert!(!is_canonical_image_id(
+            "../../4ca46bf1-5c61-48ff-b4f3-0ad4e5e3"
+        ));
+        assert!(!is_canonical_image_id(
+            "4ca46bf1x5c61-48ff-b4f3-0ad4e5e3ba90"
+        ));
     }
 }

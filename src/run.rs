@@ -28,7 +28,9 @@ pub enum RunError {
     ClientConfig(#[source] kube::config::InferConfigError),
     #[error("cannot create the Kubernetes client: {0}")]
     Client(#[source] kube::Error),
-    #[error("the CloudImage CRD is not served by this cluster; install it first: kubectl apply -f crds/cloudimage.dev_cloudimages.yaml")]
+    #[error(
+        "the CloudImage CRD is not served by this cluster; install it first: kubectl apply -f crds/cloudimage.dev_cloudimages.yaml"
+    )]
     CrdMissing,
     #[error("cannot list CloudImages (check the operator's RBAC): {0}")]
     ListCloudImages(#[source] kube::Error),
@@ -37,10 +39,17 @@ pub enum RunError {
 }
 
 pub fn init_logging(args: &Args) -> Result<(), RunError> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).map_err(|e| RunError::LogFilter(e.to_string()))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .map_err(|e| RunError::LogFilter(e.to_string()))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match args.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
         LogFormat::Text => builder.init(),
     }
     Ok(())
@@ -50,9 +59,13 @@ async fn client(args: &Args) -> Result<Client, RunError> {
     let config = match &args.kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).map_err(RunError::Kubeconfig)?;
-            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(RunError::Kubeconfig)?
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(RunError::Kubeconfig)?
         }
-        None => kube::Config::infer().await.map_err(RunError::ClientConfig)?,
+        None => kube::Config::infer()
+            .await
+            .map_err(RunError::ClientConfig)?,
     };
     Client::try_from(config).map_err(RunError::Client)
 }
@@ -95,23 +108,37 @@ async fn shutdown_signal() {
 /// Runs the operator until SIGTERM or Ctrl-C.
 pub async fn run(args: Args) -> Result<(), RunError> {
     let client = client(&args).await?;
-    match Api::<CloudImage>::all(client.clone()).list_metadata(&ListParams::default().limit(1)).await {
+    match Api::<CloudImage>::all(client.clone())
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+    {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 404 => return Err(RunError::CrdMissing),
         Err(e) if args.namespaces.is_empty() => return Err(RunError::ListCloudImages(e)),
         // With namespaced RBAC a cluster-wide list is refused; the watches below say more.
         Err(e) => warn!(error = %e, "cannot list CloudImages cluster-wide"),
     }
-    let instance = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());
-    let reporter = Reporter { controller: "cloudimage-operator".into(), instance };
+    let instance = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok());
+    let reporter = Reporter {
+        controller: "cloudimage-operator".into(),
+        instance,
+    };
     let settings = Settings {
         dry_run: args.dry_run,
         resync: args.resync_interval,
         accepted_poll: args.accepted_poll_interval,
-        backoff: BackoffConfig { fast_base: args.retry_fast, slow_base: args.retry_slow, max: args.retry_max },
+        backoff: BackoffConfig {
+            fast_base: args.retry_fast,
+            slow_base: args.retry_slow,
+            max: args.retry_max,
+        },
     };
     if settings.dry_run {
-        warn!("dry run: no image will be deleted; finalizers of deleted CloudImages are kept until dry run is off");
+        warn!(
+            "dry run: no image will be deleted; finalizers of deleted CloudImages are kept until dry run is off"
+        );
     }
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
@@ -123,7 +150,10 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     let apis: Vec<(String, Api<CloudImage>)> = if args.namespaces.is_empty() {
         vec![("*".into(), Api::all(client.clone()))]
     } else {
-        args.namespaces.iter().map(|ns| (ns.clone(), Api::namespaced(client.clone(), ns))).collect()
+        args.namespaces
+            .iter()
+            .map(|ns| (ns.clone(), Api::namespaced(client.clone(), ns)))
+            .collect()
     };
     let shutdown = shutdown_signal().shared();
     let controllers = apis.into_iter().map(|(scope, api)| {

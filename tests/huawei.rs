@@ -14,7 +14,15 @@ const SECRET: &str = "huawei-creds";
 async fn ims_scope(test: &str) -> (Scope, ImsDouble) {
     let s = Scope::new(test).await;
     let ims = ImsDouble::start().await;
-    s.put_secret(SECRET, &s.env.clouds_yaml(CLOUD, "demo", json!({"profile": "huaweicloud", "image_endpoint_override": ims.url()}))).await;
+    s.put_secret(
+        SECRET,
+        &s.env.clouds_yaml(
+            CLOUD,
+            "demo",
+            json!({"profile": "huaweicloud", "image_endpoint_override": ims.url()}),
+        ),
+    )
+    .await;
     (s, ims)
 }
 
@@ -22,27 +30,47 @@ async fn ims_scope(test: &str) -> (Scope, ImsDouble) {
 async fn delete_backup_is_sent_exactly_as_the_spec_says() {
     let (s, ims) = ims_scope("hw-body").await;
     let _op = s.start_operator(&[]);
-    let (with, without) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
+    let (with, without) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
     ims.add_image(&with, false, 0);
     ims.add_image(&without, false, 0);
     let mut sp = spec(&with, SECRET, CLOUD);
     sp["deleteBackup"] = json!(true);
     s.create("with-backup", sp).await.expect("create");
-    s.create("without-backup", spec(&without, SECRET, CLOUD)).await.expect("create");
+    s.create("without-backup", spec(&without, SECRET, CLOUD))
+        .await
+        .expect("create");
     for n in ["with-backup", "without-backup"] {
-        s.wait_status(n, "Ready=True", T, |st| reason(st, "Ready").as_deref() == Some("ImageAvailable")).await;
+        s.wait_status(n, "Ready=True", T, |st| {
+            reason(st, "Ready").as_deref() == Some("ImageAvailable")
+        })
+        .await;
         s.delete(n).await;
     }
     s.wait_gone("with-backup", T).await;
     s.wait_gone("without-backup", T).await;
 
     let calls = ims.deletes();
-    let body_for = |id: &str| calls.iter().find(|c| c.image_id == id).cloned().expect("a DELETE for the image");
+    let body_for = |id: &str| {
+        calls
+            .iter()
+            .find(|c| c.image_id == id)
+            .cloned()
+            .expect("a DELETE for the image")
+    };
     let w = body_for(&with);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&w.body).expect("json"), json!({"delete_backup": true}));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&w.body).expect("json"),
+        json!({"delete_backup": true})
+    );
     assert_eq!(w.content_type.as_deref(), Some("application/json"));
     let wo = body_for(&without);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&wo.body).expect("json"), json!({"delete_backup": false}));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&wo.body).expect("json"),
+        json!({"delete_backup": false})
+    );
     assert!(ims.is_deleted(&with) && ims.is_deleted(&without));
 }
 
@@ -52,13 +80,25 @@ async fn an_accepted_deletion_is_released_only_after_get_says_404() {
     let _op = s.start_operator(&[]);
     let id = uuid::Uuid::new_v4().to_string();
     ims.add_image(&id, false, 4);
-    s.create("img", spec(&id, SECRET, CLOUD)).await.expect("create");
-    s.wait_status("img", "Ready=True", T, |st| reason(st, "Ready").as_deref() == Some("ImageAvailable")).await;
+    s.create("img", spec(&id, SECRET, CLOUD))
+        .await
+        .expect("create");
+    s.wait_status("img", "Ready=True", T, |st| {
+        reason(st, "Ready").as_deref() == Some("ImageAvailable")
+    })
+    .await;
     s.delete("img").await;
-    s.wait_status("img", "DeletionAccepted", T, |st| reason(st, "Deleting").as_deref() == Some("DeletionAccepted")).await;
+    s.wait_status("img", "DeletionAccepted", T, |st| {
+        reason(st, "Deleting").as_deref() == Some("DeletionAccepted")
+    })
+    .await;
     assert!(ims.is_deleted(&id), "the DELETE was accepted");
     s.wait_gone("img", T).await;
-    assert_eq!(ims.gets_after_delete(&id), 4, "the object stayed while GET still found the image");
+    assert_eq!(
+        ims.gets_after_delete(&id),
+        4,
+        "the object stayed while GET still found the image"
+    );
     assert_eq!(ims.deletes().len(), 1, "one DELETE, then GETs");
 }
 
@@ -68,11 +108,24 @@ async fn img_0028_is_protected() {
     let _op = s.start_operator(&[]);
     let id = uuid::Uuid::new_v4().to_string();
     ims.add_image(&id, true, 0);
-    s.create("img", spec(&id, SECRET, CLOUD)).await.expect("create");
-    s.wait_status("img", "Ready=True", T, |st| reason(st, "Ready").as_deref() == Some("ImageAvailable")).await;
+    s.create("img", spec(&id, SECRET, CLOUD))
+        .await
+        .expect("create");
+    s.wait_status("img", "Ready=True", T, |st| {
+        reason(st, "Ready").as_deref() == Some("ImageAvailable")
+    })
+    .await;
     s.delete("img").await;
-    let held = s.wait_status("img", "Deleting=Protected", T, |st| reason(st, "Deleting").as_deref() == Some("Protected")).await;
-    let err = held.status.and_then(|st| st.deletion).and_then(|d| d.last_error).expect("last error");
+    let held = s
+        .wait_status("img", "Deleting=Protected", T, |st| {
+            reason(st, "Deleting").as_deref() == Some("Protected")
+        })
+        .await;
+    let err = held
+        .status
+        .and_then(|st| st.deletion)
+        .and_then(|d| d.last_error)
+        .expect("last error");
     assert!(err.message.contains("IMG.0028"), "{}", err.message);
     assert_eq!(err.request_id.as_deref(), Some("ims-double-req"));
     assert!(!ims.is_deleted(&id));

@@ -19,7 +19,8 @@ const SECRET: &str = "openstack-creds";
 
 async fn demo_scope(test: &str) -> (Scope, Glance) {
     let s = Scope::new(test).await;
-    s.put_secret(SECRET, &s.env.clouds_yaml(CLOUD, "demo", json!({}))).await;
+    s.put_secret(SECRET, &s.env.clouds_yaml(CLOUD, "demo", json!({})))
+        .await;
     let g = Glance::as_user(&s.env, "demo").await;
     (s, g)
 }
@@ -29,16 +30,36 @@ async fn deleting_a_cloudimage_deletes_its_image_then_releases_the_object() {
     let (s, g) = demo_scope("delete").await;
     let _op = s.start_operator(&[]);
     let id = g.create_image("to-delete", "private").await;
-    s.create("img", spec(&id, SECRET, CLOUD)).await.expect("create");
+    s.create("img", spec(&id, SECRET, CLOUD))
+        .await
+        .expect("create");
 
-    let live = s.wait_status("img", "Ready=True", T, |st| reason(st, "Ready").as_deref() == Some("ImageAvailable")).await;
-    assert!(live.metadata.finalizers.as_ref().is_some_and(|f| f.iter().any(|f| f == "cloudimage.dev/delete-image")));
+    let live = s
+        .wait_status("img", "Ready=True", T, |st| {
+            reason(st, "Ready").as_deref() == Some("ImageAvailable")
+        })
+        .await;
+    assert!(
+        live.metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|f| f == "cloudimage.dev/delete-image"))
+    );
     let st = live.status.expect("status");
-    assert_eq!(st.image.as_ref().and_then(|i| i.status.as_deref()), Some("active"));
-    assert_eq!(st.image.as_ref().and_then(|i| i.name.as_deref()), Some("to-delete"));
+    assert_eq!(
+        st.image.as_ref().and_then(|i| i.status.as_deref()),
+        Some("active")
+    );
+    assert_eq!(
+        st.image.as_ref().and_then(|i| i.name.as_deref()),
+        Some("to-delete")
+    );
     assert_eq!(st.image.as_ref().and_then(|i| i.size), Some(1024));
     assert_eq!(st.observed_generation, live.metadata.generation);
-    assert_eq!(condition(&st, "Ready").map(|c| c.status), Some("True".into()));
+    assert_eq!(
+        condition(&st, "Ready").map(|c| c.status),
+        Some("True".into())
+    );
 
     s.delete("img").await;
     s.wait_gone("img", T).await;
@@ -52,16 +73,33 @@ async fn a_protected_image_holds_the_object_until_unprotected() {
     let _op = s.start_operator(&[]);
     let id = g.create_image("protected", "private").await;
     g.set_protected(&id, true).await;
-    s.create("img", spec(&id, SECRET, CLOUD)).await.expect("create");
-    s.wait_status("img", "image seen protected", T, |st| st.image.as_ref().and_then(|i| i.protected) == Some(true)).await;
+    s.create("img", spec(&id, SECRET, CLOUD))
+        .await
+        .expect("create");
+    s.wait_status("img", "image seen protected", T, |st| {
+        st.image.as_ref().and_then(|i| i.protected) == Some(true)
+    })
+    .await;
 
     s.delete("img").await;
-    let held = s.wait_status("img", "Deleting=Protected", T, |st| reason(st, "Deleting").as_deref() == Some("Protected")).await;
+    let held = s
+        .wait_status("img", "Deleting=Protected", T, |st| {
+            reason(st, "Deleting").as_deref() == Some("Protected")
+        })
+        .await;
     let st = held.status.expect("status");
     let cond = condition(&st, "Deleting").expect("Deleting condition");
     assert_eq!(cond.status, "True");
-    assert!(cond.message.contains("is protected and cannot be deleted"), "Glance's message: {}", cond.message);
-    assert!(cond.message.contains("req-"), "request id: {}", cond.message);
+    assert!(
+        cond.message.contains("is protected and cannot be deleted"),
+        "Glance's message: {}",
+        cond.message
+    );
+    assert!(
+        cond.message.contains("req-"),
+        "request id: {}",
+        cond.message
+    );
     let d = st.deletion.expect("deletion progress");
     assert!(d.attempts >= 1);
     assert_eq!(d.last_error.as_ref().and_then(|e| e.http_status), Some(403));
@@ -70,8 +108,19 @@ async fn a_protected_image_holds_the_object_until_unprotected() {
     assert!(g.exists(&id).await, "a protected image is not deleted");
 
     // Retries go on; the Warning is not repeated for the same reason.
-    s.wait_status("img", "a retry", T, |st| st.deletion.as_ref().is_some_and(|x| x.attempts >= 2)).await;
-    assert_eq!(s.events("img").await.iter().filter(|e| e.1 == "Protected").count(), 1, "one Event per change of reason");
+    s.wait_status("img", "a retry", T, |st| {
+        st.deletion.as_ref().is_some_and(|x| x.attempts >= 2)
+    })
+    .await;
+    assert_eq!(
+        s.events("img")
+            .await
+            .iter()
+            .filter(|e| e.1 == "Protected")
+            .count(),
+        1,
+        "one Event per change of reason"
+    );
 
     g.set_protected(&id, false).await;
     s.wait_gone("img", T).await;
@@ -82,20 +131,50 @@ async fn a_protected_image_holds_the_object_until_unprotected() {
 async fn glance_down_during_deletion_is_retried_across_an_operator_restart() {
     let s = Scope::new("unavailable").await;
     let g = Glance::as_user(&s.env, "demo").await;
-    let glance_hostport = s.env.glance_url().trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let glance_hostport = s
+        .env
+        .glance_url()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
     let relay = Relay::start(&glance_hostport).await;
-    s.put_secret(SECRET, &s.env.clouds_yaml(CLOUD, "demo", json!({"image_endpoint_override": relay.url()}))).await;
+    s.put_secret(
+        SECRET,
+        &s.env.clouds_yaml(
+            CLOUD,
+            "demo",
+            json!({"image_endpoint_override": relay.url()}),
+        ),
+    )
+    .await;
     let op = s.start_operator(&[]);
     let id = g.create_image("flaky", "private").await;
-    s.create("img", spec(&id, SECRET, CLOUD)).await.expect("create");
-    s.wait_status("img", "Ready=True", T, |st| reason(st, "Ready").as_deref() == Some("ImageAvailable")).await;
+    s.create("img", spec(&id, SECRET, CLOUD))
+        .await
+        .expect("create");
+    s.wait_status("img", "Ready=True", T, |st| {
+        reason(st, "Ready").as_deref() == Some("ImageAvailable")
+    })
+    .await;
 
     relay.cut().await;
     s.delete("img").await;
-    let held = s.wait_status("img", "Deleting=CloudUnavailable", T, |st| reason(st, "Deleting").as_deref() == Some("CloudUnavailable")).await;
-    let msg = condition(held.status.as_ref().expect("status"), "Deleting").expect("cond").message;
-    assert!(msg.contains("connection"), "says the cloud could not be reached: {msg}");
-    s.wait_status("img", "retries", T, |st| st.deletion.as_ref().is_some_and(|d| d.attempts >= 2)).await;
+    let held = s
+        .wait_status("img", "Deleting=CloudUnavailable", T, |st| {
+            reason(st, "Deleting").as_deref() == Some("CloudUnavailable")
+        })
+        .await;
+    let msg = condition(held.status.as_ref().expect("status"), "Deleting")
+        .expect("cond")
+        .message;
+    assert!(
+        msg.contains("connection"),
+        "says the cloud could not be reached: {msg}"
+    );
+    s.wait_status("img", "retries", T, |st| {
+        st.deletion.as_ref().is_some_and(|d| d.attempts >= 2)
+    })
+    .await;
     assert!(g.exists(&id).await);
     s.wait_event("img", "CloudUnavailable", T).await;
 
@@ -103,7 +182,10 @@ async fn glance_down_during_deletion_is_retried_across_an_operator_restart() {
     op.kill().await;
     relay.restore().await;
     tokio::time::sleep(Duration::from_millis(500)).await; // let a would-be zombie act (there is none)
-    assert!(s.get("img").await.is_some(), "without the operator the object stays");
+    assert!(
+        s.get("img").await.is_some(),
+        "without the operator the object stays"
+    );
     assert!(g.exists(&id).await);
 
     let _op2 = s.start_operator(&[]);
@@ -116,13 +198,28 @@ async fn an_image_deleted_out_of_band_is_reported_then_released() {
     let (s, g) = demo_scope("outofband").await;
     let _op = s.start_operator(&[]);
     let id = g.create_image("oob", "private").await;
-    s.create("img", spec(&id, SECRET, CLOUD)).await.expect("create");
-    s.wait_status("img", "Ready=True", T, |st| reason(st, "Ready").as_deref() == Some("ImageAvailable")).await;
+    s.create("img", spec(&id, SECRET, CLOUD))
+        .await
+        .expect("create");
+    s.wait_status("img", "Ready=True", T, |st| {
+        reason(st, "Ready").as_deref() == Some("ImageAvailable")
+    })
+    .await;
 
-    assert_eq!(g.delete_raw(&id, Some(&g.token)).await, reqwest::StatusCode::NO_CONTENT);
-    let missing = s.wait_status("img", "Ready=False ImageNotFound", T, |st| reason(st, "Ready").as_deref() == Some("ImageNotFound")).await;
+    assert_eq!(
+        g.delete_raw(&id, Some(&g.token)).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
+    let missing = s
+        .wait_status("img", "Ready=False ImageNotFound", T, |st| {
+            reason(st, "Ready").as_deref() == Some("ImageNotFound")
+        })
+        .await;
     let st = missing.status.expect("status");
-    assert_eq!(condition(&st, "Ready").map(|c| c.status), Some("False".into()));
+    assert_eq!(
+        condition(&st, "Ready").map(|c| c.status),
+        Some("False".into())
+    );
     assert_eq!(st.image.and_then(|i| i.status), Some("NotFound".into()));
     s.wait_event("img", "ImageNotFound", T).await;
 
@@ -139,12 +236,18 @@ async fn retain_leaves_the_image_and_releases_the_object() {
     let mut sp = spec(&id, SECRET, CLOUD);
     sp["deletionPolicy"] = json!("Retain");
     s.create("img", sp).await.expect("create");
-    s.wait_status("img", "Ready=True", T, |st| reason(st, "Ready").as_deref() == Some("ImageAvailable")).await;
+    s.wait_status("img", "Ready=True", T, |st| {
+        reason(st, "Ready").as_deref() == Some("ImageAvailable")
+    })
+    .await;
     s.delete("img").await;
     s.wait_gone("img", T).await;
     assert!(g.exists(&id).await, "Retain never touches the image");
     s.wait_event("img", "ImageRetained", T).await;
-    assert_eq!(g.delete_raw(&id, Some(&g.token)).await, reqwest::StatusCode::NO_CONTENT);
+    assert_eq!(
+        g.delete_raw(&id, Some(&g.token)).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
 }
 
 #[tokio::test]
@@ -153,16 +256,33 @@ async fn another_projects_private_image_is_invisible_and_never_deleted() {
     let other = Glance::as_user(&s.env, "other").await;
     let _op = s.start_operator(&[]);
     let id = other.create_image("not-yours", "private").await;
-    s.create("img", spec(&id, SECRET, CLOUD)).await.expect("create");
-    s.wait_status("img", "Ready=False ImageNotFound", T, |st| reason(st, "Ready").as_deref() == Some("ImageNotFound")).await;
+    s.create("img", spec(&id, SECRET, CLOUD))
+        .await
+        .expect("create");
+    s.wait_status("img", "Ready=False ImageNotFound", T, |st| {
+        reason(st, "Ready").as_deref() == Some("ImageNotFound")
+    })
+    .await;
 
     s.delete("img").await;
     s.wait_gone("img", T).await;
     let ev = s.wait_event("img", "ImageNotFound", T).await;
     assert_eq!(ev.0, "Warning");
-    assert!(s.events("img").await.iter().any(|e| e.2.contains("NOT deleted")), "the Event says the image may remain");
-    assert!(other.exists(&id).await, "the other project's image still exists");
-    assert_eq!(other.delete_raw(&id, Some(&other.token)).await, reqwest::StatusCode::NO_CONTENT);
+    assert!(
+        s.events("img")
+            .await
+            .iter()
+            .any(|e| e.2.contains("NOT deleted")),
+        "the Event says the image may remain"
+    );
+    assert!(
+        other.exists(&id).await,
+        "the other project's image still exists"
+    );
+    assert_eq!(
+        other.delete_raw(&id, Some(&other.token)).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
 }
 
 #[tokio::test]
@@ -171,14 +291,32 @@ async fn another_projects_public_image_is_forbidden() {
     let admin = Glance::as_user(&s.env, "admin").await;
     let _op = s.start_operator(&[]);
     let id = admin.create_image("public-image", "public").await;
-    s.create("img", spec(&id, SECRET, CLOUD)).await.expect("create");
-    s.wait_status("img", "Ready=True", T, |st| reason(st, "Ready").as_deref() == Some("ImageAvailable")).await;
+    s.create("img", spec(&id, SECRET, CLOUD))
+        .await
+        .expect("create");
+    s.wait_status("img", "Ready=True", T, |st| {
+        reason(st, "Ready").as_deref() == Some("ImageAvailable")
+    })
+    .await;
     s.delete("img").await;
-    let held = s.wait_status("img", "Deleting=Forbidden", T, |st| reason(st, "Deleting").as_deref() == Some("Forbidden")).await;
-    assert_eq!(held.status.and_then(|st| st.deletion).and_then(|d| d.last_error).and_then(|e| e.http_status), Some(403));
+    let held = s
+        .wait_status("img", "Deleting=Forbidden", T, |st| {
+            reason(st, "Deleting").as_deref() == Some("Forbidden")
+        })
+        .await;
+    assert_eq!(
+        held.status
+            .and_then(|st| st.deletion)
+            .and_then(|d| d.last_error)
+            .and_then(|e| e.http_status),
+        Some(403)
+    );
     assert!(admin.exists(&id).await);
     // Clean up: the owner deletes it; the next retry sees 404 and releases.
-    assert_eq!(admin.delete_raw(&id, Some(&admin.token)).await, reqwest::StatusCode::NO_CONTENT);
+    assert_eq!(
+        admin.delete_raw(&id, Some(&admin.token)).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
     s.wait_gone("img", T).await;
 }
 
@@ -188,35 +326,65 @@ async fn broken_credentials_hold_the_object_until_fixed() {
     let g = Glance::as_user(&s.env, "demo").await;
     let _op = s.start_operator(&[]);
     let id = g.create_image("creds", "private").await;
-    s.create("img", spec(&id, SECRET, CLOUD)).await.expect("create");
-    let st = s.wait_status("img", "CredentialsMissing", T, |st| reason(st, "Ready").as_deref() == Some("CredentialsMissing")).await;
-    assert!(condition(st.status.as_ref().expect("status"), "Ready").expect("cond").message.contains("does not exist"));
+    s.create("img", spec(&id, SECRET, CLOUD))
+        .await
+        .expect("create");
+    let st = s
+        .wait_status("img", "CredentialsMissing", T, |st| {
+            reason(st, "Ready").as_deref() == Some("CredentialsMissing")
+        })
+        .await;
+    assert!(
+        condition(st.status.as_ref().expect("status"), "Ready")
+            .expect("cond")
+            .message
+            .contains("does not exist")
+    );
     s.delete("img").await;
-    s.wait_status("img", "Deleting=CredentialsMissing", T, |st| reason(st, "Deleting").as_deref() == Some("CredentialsMissing")).await;
+    s.wait_status("img", "Deleting=CredentialsMissing", T, |st| {
+        reason(st, "Deleting").as_deref() == Some("CredentialsMissing")
+    })
+    .await;
 
     // The Secret exists but names another cloud.
-    s.put_secret(SECRET, &s.env.clouds_yaml("elsewhere", "demo", json!({}))).await;
+    s.put_secret(SECRET, &s.env.clouds_yaml("elsewhere", "demo", json!({})))
+        .await;
     let st = s
         .wait_status("img", "missing cloud entry", T, |st| {
-            condition(st, "Deleting").is_some_and(|c| c.reason == "CredentialsMissing" && c.message.contains("clouds.testcloud"))
+            condition(st, "Deleting").is_some_and(|c| {
+                c.reason == "CredentialsMissing" && c.message.contains("clouds.testcloud")
+            })
         })
         .await;
     assert!(st.metadata.finalizers.is_some_and(|f| !f.is_empty()));
 
     // Unreadable YAML.
     s.put_secret(SECRET, "clouds: [this is not: valid").await;
-    s.wait_status("img", "CredentialsInvalid", T, |st| reason(st, "Deleting").as_deref() == Some("CredentialsInvalid")).await;
+    s.wait_status("img", "CredentialsInvalid", T, |st| {
+        reason(st, "Deleting").as_deref() == Some("CredentialsInvalid")
+    })
+    .await;
 
     // A wrong password.
-    let wrong = s.env.clouds_yaml(CLOUD, "demo", json!({})).replace(&s.env.password("demo"), "wrong-password-123");
+    let wrong = s
+        .env
+        .clouds_yaml(CLOUD, "demo", json!({}))
+        .replace(&s.env.password("demo"), "wrong-password-123");
     s.put_secret(SECRET, &wrong).await;
-    s.wait_status("img", "AuthFailed", T, |st| reason(st, "Deleting").as_deref() == Some("AuthFailed")).await;
-    assert!(g.exists(&id).await, "nothing is deleted with broken credentials");
+    s.wait_status("img", "AuthFailed", T, |st| {
+        reason(st, "Deleting").as_deref() == Some("AuthFailed")
+    })
+    .await;
+    assert!(
+        g.exists(&id).await,
+        "nothing is deleted with broken credentials"
+    );
     let ev = s.wait_event("img", "AuthFailed", T).await;
     assert_eq!(ev.0, "Warning");
 
     // Fixed: the deletion completes on its own.
-    s.put_secret(SECRET, &s.env.clouds_yaml(CLOUD, "demo", json!({}))).await;
+    s.put_secret(SECRET, &s.env.clouds_yaml(CLOUD, "demo", json!({})))
+        .await;
     s.wait_gone("img", T).await;
     assert!(!g.exists(&id).await);
 }
@@ -226,23 +394,45 @@ async fn secrets_never_reach_status_events_or_logs() {
     let s = Scope::new("noleak").await;
     let g = Glance::as_user(&s.env, "demo").await;
     let secret_pw = "Leak-Canary-0b7f3e";
-    let wrong = s.env.clouds_yaml(CLOUD, "demo", json!({})).replace(&s.env.password("demo"), secret_pw);
+    let wrong = s
+        .env
+        .clouds_yaml(CLOUD, "demo", json!({}))
+        .replace(&s.env.password("demo"), secret_pw);
     s.put_secret(SECRET, &wrong).await;
     let op = s.start_operator(&["--log-level", "trace"]);
     let id = g.create_image("noleak", "private").await;
-    s.create("img", spec(&id, SECRET, CLOUD)).await.expect("create");
-    s.wait_status("img", "AuthFailed", T, |st| reason(st, "Ready").as_deref() == Some("AuthFailed")).await;
+    s.create("img", spec(&id, SECRET, CLOUD))
+        .await
+        .expect("create");
+    s.wait_status("img", "AuthFailed", T, |st| {
+        reason(st, "Ready").as_deref() == Some("AuthFailed")
+    })
+    .await;
     // A right password now, so real tokens go over the wire too.
-    s.put_secret(SECRET, &s.env.clouds_yaml(CLOUD, "demo", json!({}))).await;
-    s.wait_status("img", "Ready=True", T, |st| reason(st, "Ready").as_deref() == Some("ImageAvailable")).await;
+    s.put_secret(SECRET, &s.env.clouds_yaml(CLOUD, "demo", json!({})))
+        .await;
+    s.wait_status("img", "Ready=True", T, |st| {
+        reason(st, "Ready").as_deref() == Some("ImageAvailable")
+    })
+    .await;
     s.delete("img").await;
     s.wait_gone("img", T).await;
 
     let everything = format!("{}\n{:?}", op.log(), s.events("img").await);
-    for needle in [secret_pw.to_owned(), s.env.password("demo"), g.token.clone()] {
-        assert!(!everything.contains(&needle), "a secret leaked into the log or Events");
+    for needle in [
+        secret_pw.to_owned(),
+        s.env.password("demo"),
+        g.token.clone(),
+    ] {
+        assert!(
+            !everything.contains(&needle),
+            "a secret leaked into the log or Events"
+        );
     }
-    assert!(op.log().contains("AuthFailed"), "the log does say what happened");
+    assert!(
+        op.log().contains("AuthFailed"),
+        "the log does say what happened"
+    );
 }
 
 #[tokio::test]
@@ -250,15 +440,32 @@ async fn other_finalizers_go_first() {
     let (s, g) = demo_scope("finalizers").await;
     let _op = s.start_operator(&[]);
     let id = g.create_image("waits", "private").await;
-    s.create("img", spec(&id, SECRET, CLOUD)).await.expect("create");
-    s.wait_status("img", "Ready=True", T, |st| reason(st, "Ready").as_deref() == Some("ImageAvailable")).await;
+    s.create("img", spec(&id, SECRET, CLOUD))
+        .await
+        .expect("create");
+    s.wait_status("img", "Ready=True", T, |st| {
+        reason(st, "Ready").as_deref() == Some("ImageAvailable")
+    })
+    .await;
     let with_other = json!({"metadata": {"finalizers": ["cloudimage.dev/delete-image", "example.com/backup-first"]}});
-    s.cimgs().patch("img", &PatchParams::default(), &Patch::Merge(&with_other)).await.expect("add finalizer");
+    s.cimgs()
+        .patch("img", &PatchParams::default(), &Patch::Merge(&with_other))
+        .await
+        .expect("add finalizer");
     s.delete("img").await;
-    s.wait_status("img", "WaitingForFinalizers", T, |st| reason(st, "Deleting").as_deref() == Some("WaitingForFinalizers")).await;
-    assert!(g.exists(&id).await, "the image waits for the other finalizer");
+    s.wait_status("img", "WaitingForFinalizers", T, |st| {
+        reason(st, "Deleting").as_deref() == Some("WaitingForFinalizers")
+    })
+    .await;
+    assert!(
+        g.exists(&id).await,
+        "the image waits for the other finalizer"
+    );
     let only_ours = json!({"metadata": {"finalizers": ["cloudimage.dev/delete-image"]}});
-    s.cimgs().patch("img", &PatchParams::default(), &Patch::Merge(&only_ours)).await.expect("drop other finalizer");
+    s.cimgs()
+        .patch("img", &PatchParams::default(), &Patch::Merge(&only_ours))
+        .await
+        .expect("drop other finalizer");
     s.wait_gone("img", T).await;
     assert!(!g.exists(&id).await);
 }
@@ -268,10 +475,18 @@ async fn dry_run_reports_and_deletes_nothing() {
     let (s, g) = demo_scope("dryrun").await;
     let op = s.start_operator(&["--dry-run"]);
     let id = g.create_image("dry", "private").await;
-    s.create("img", spec(&id, SECRET, CLOUD)).await.expect("create");
-    s.wait_status("img", "Ready=True", T, |st| reason(st, "Ready").as_deref() == Some("ImageAvailable")).await;
+    s.create("img", spec(&id, SECRET, CLOUD))
+        .await
+        .expect("create");
+    s.wait_status("img", "Ready=True", T, |st| {
+        reason(st, "Ready").as_deref() == Some("ImageAvailable")
+    })
+    .await;
     s.delete("img").await;
-    s.wait_status("img", "Deleting=DryRun", T, |st| reason(st, "Deleting").as_deref() == Some("DryRun")).await;
+    s.wait_status("img", "Deleting=DryRun", T, |st| {
+        reason(st, "Deleting").as_deref() == Some("DryRun")
+    })
+    .await;
     s.wait_event("img", "DryRun", T).await;
     assert!(g.exists(&id).await, "dry run never deletes");
     op.terminate().await;
@@ -289,7 +504,10 @@ async fn delete_backup_on_openstack_warns_and_deletes_without_a_body() {
     let mut sp = spec(&id, SECRET, CLOUD);
     sp["deleteBackup"] = json!(true);
     s.create("img", sp).await.expect("create");
-    s.wait_status("img", "Ready=True", T, |st| reason(st, "Ready").as_deref() == Some("ImageAvailable")).await;
+    s.wait_status("img", "Ready=True", T, |st| {
+        reason(st, "Ready").as_deref() == Some("ImageAvailable")
+    })
+    .await;
     s.delete("img").await;
     // Glance would answer 400 and keep the image if a body were sent.
     s.wait_gone("img", T).await;
@@ -301,19 +519,47 @@ async fn delete_backup_on_openstack_warns_and_deletes_without_a_body() {
 #[tokio::test]
 async fn the_api_server_rejects_bad_specs() {
     let s = Scope::new("validation").await;
-    for bad in ["not-a-uuid", "4CA46BF1-5C61-48FF-B4F3-0AD4E5E3BA90", "../../4ca46bf1-5c61-48ff-b4f3-0ad4e5e3"] {
-        let err = s.create("bad", spec(bad, SECRET, CLOUD)).await.expect_err("rejected");
-        assert!(matches!(&err, kube::Error::Api(e) if e.code == 422), "{bad}: {err}");
+    for bad in [
+        "not-a-uuid",
+        "4CA46BF1-5C61-48FF-B4F3-0AD4E5E3BA90",
+        "../../4ca46bf1-5c61-48ff-b4f3-0ad4e5e3",
+    ] {
+        let err = s
+            .create("bad", spec(bad, SECRET, CLOUD))
+            .await
+            .expect_err("rejected");
+        assert!(
+            matches!(&err, kube::Error::Api(e) if e.code == 422),
+            "{bad}: {err}"
+        );
     }
-    let err = s.create("bad", json!({"imageId": "4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90"})).await.expect_err("cloudRef required");
-    assert!(matches!(&err, kube::Error::Api(e) if e.code == 422), "{err}");
+    let err = s
+        .create(
+            "bad",
+            json!({"imageId": "4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90"}),
+        )
+        .await
+        .expect_err("cloudRef required");
+    assert!(
+        matches!(&err, kube::Error::Api(e) if e.code == 422),
+        "{err}"
+    );
     let mut sp = spec("4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90", SECRET, CLOUD);
     sp["deletionPolicy"] = json!("Orphan");
     assert!(s.create("bad", sp).await.is_err(), "unknown deletionPolicy");
 
-    s.create("good", spec("4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90", SECRET, CLOUD)).await.expect("valid spec");
+    s.create(
+        "good",
+        spec("4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90", SECRET, CLOUD),
+    )
+    .await
+    .expect("valid spec");
     let change = json!({"spec": {"imageId": "5ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90"}});
-    let err = s.cimgs().patch("good", &PatchParams::default(), &Patch::Merge(&change)).await.expect_err("immutable");
+    let err = s
+        .cimgs()
+        .patch("good", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .expect_err("immutable");
     assert!(err.to_string().contains("imageId is immutable"), "{err}");
 }
 
@@ -322,7 +568,11 @@ async fn sigterm_stops_the_operator_cleanly() {
     let (s, _) = demo_scope("sigterm").await;
     let op = s.start_operator(&[]);
     common::wait_for("the operator to start watching", T, || async {
-        if op.log().contains("watching CloudImages") { Ok(()) } else { Err(op.log()) }
+        if op.log().contains("watching CloudImages") {
+            Ok(())
+        } else {
+            Err(op.log())
+        }
     })
     .await;
     let status = op.terminate().await;

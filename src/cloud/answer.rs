@@ -101,16 +101,31 @@ impl ErrorBody {
             };
             if let Some(e) = v.get("error").filter(|e| e.is_object()) {
                 // keystonemiddleware {"error": {"code": 401, ...}} or IMS {"error": {"code": "IMG.0028"}}
-                let c = e.get("code").and_then(code).filter(|c| !c.chars().all(|ch| ch.is_ascii_digit()));
-                return Some(ErrorBody { message: e.get("message").and_then(text).unwrap_or_default(), code: c });
+                let c = e
+                    .get("code")
+                    .and_then(code)
+                    .filter(|c| !c.chars().all(|ch| ch.is_ascii_digit()));
+                return Some(ErrorBody {
+                    message: e.get("message").and_then(text).unwrap_or_default(),
+                    code: c,
+                });
             }
             if let Some(m) = v.get("error_msg").and_then(text) {
-                return Some(ErrorBody { message: m, code: v.get("error_code").and_then(text) });
+                return Some(ErrorBody {
+                    message: m,
+                    code: v.get("error_code").and_then(text),
+                });
             }
             // Glance / WebOb: {"message": "...<br /><br />", "code": "404 Not Found", "title": ...}
-            v.get("message").and_then(text).map(|m| ErrorBody { message: m, code: None })
+            v.get("message").and_then(text).map(|m| ErrorBody {
+                message: m,
+                code: None,
+            })
         });
-        let mut body = found.unwrap_or_else(|| ErrorBody { message: raw.to_owned(), code: None });
+        let mut body = found.unwrap_or_else(|| ErrorBody {
+            message: raw.to_owned(),
+            code: None,
+        });
         body.message = clean_message(&body.message);
         body
     }
@@ -119,7 +134,11 @@ impl ErrorBody {
 /// Strips the HTML WebOb appends and squeezes whitespace; at most 1 KiB.
 fn clean_message(raw: &str) -> String {
     let cut = raw.find("<br").map(|i| &raw[..i]).unwrap_or(raw);
-    let text = if cut.trim_start().starts_with('<') { strip_tags(cut) } else { cut.to_owned() };
+    let text = if cut.trim_start().starts_with('<') {
+        strip_tags(cut)
+    } else {
+        cut.to_owned()
+    };
     let squeezed = text.split_whitespace().collect::<Vec<_>>().join(" ");
     super::error::truncate(squeezed, 1024)
 }
@@ -151,7 +170,12 @@ mod tests {
     use super::*;
 
     fn answer(status: u16, body: &str) -> Answer {
-        Answer { status, body: body.into(), request_id: Some("req-1".into()), retry_after: None }
+        Answer {
+            status,
+            body: body.into(),
+            request_id: Some("req-1".into()),
+            retry_after: None,
+        }
     }
 
     fn kind(dialect: Dialect, status: u16, body: &str) -> ErrorKind {
@@ -163,43 +187,116 @@ mod tests {
 
     #[test]
     fn success_answers_depend_on_the_dialect() {
-        assert_eq!(classify_delete(Dialect::OpenStack, &answer(204, "")), Ok(Deletion::Deleted));
-        assert_eq!(classify_delete(Dialect::Huawei, &answer(204, "")), Ok(Deletion::Accepted));
-        assert_eq!(classify_delete(Dialect::OpenStack, &answer(404, "")), Ok(Deletion::AlreadyGone));
-        assert_eq!(classify_delete(Dialect::Huawei, &answer(404, "")), Ok(Deletion::AlreadyGone));
+        assert_eq!(
+            classify_delete(Dialect::OpenStack, &answer(204, "")),
+            Ok(Deletion::Deleted)
+        );
+        assert_eq!(
+            classify_delete(Dialect::Huawei, &answer(204, "")),
+            Ok(Deletion::Accepted)
+        );
+        assert_eq!(
+            classify_delete(Dialect::OpenStack, &answer(404, "")),
+            Ok(Deletion::AlreadyGone)
+        );
+        assert_eq!(
+            classify_delete(Dialect::Huawei, &answer(404, "")),
+            Ok(Deletion::AlreadyGone)
+        );
     }
 
     #[test]
     fn glance_errors_are_classified_by_what_to_do() {
         let protected = r#"{"message": "Image 1 is protected and cannot be deleted.<br /><br />\n\n\n", "code": "403 Forbidden", "title": "Forbidden"}"#;
-        assert_eq!(kind(Dialect::OpenStack, 403, protected), ErrorKind::Protected);
-        assert_eq!(kind(Dialect::OpenStack, 403, r#"{"message": "You are not authorized"}"#), ErrorKind::Forbidden);
+        assert_eq!(
+            kind(Dialect::OpenStack, 403, protected),
+            ErrorKind::Protected
+        );
+        assert_eq!(
+            kind(
+                Dialect::OpenStack,
+                403,
+                r#"{"message": "You are not authorized"}"#
+            ),
+            ErrorKind::Forbidden
+        );
         assert_eq!(kind(Dialect::OpenStack, 409, ""), ErrorKind::InUse);
-        assert_eq!(kind(Dialect::OpenStack, 400, r#"{"message": "A body is not expected with this request."}"#), ErrorKind::BadRequest);
-        assert_eq!(kind(Dialect::OpenStack, 401, r#"{"error": {"code": 401, "title": "Unauthorized", "message": "The request you have made requires authentication."}}"#), ErrorKind::AuthFailed);
+        assert_eq!(
+            kind(
+                Dialect::OpenStack,
+                400,
+                r#"{"message": "A body is not expected with this request."}"#
+            ),
+            ErrorKind::BadRequest
+        );
+        assert_eq!(
+            kind(
+                Dialect::OpenStack,
+                401,
+                r#"{"error": {"code": 401, "title": "Unauthorized", "message": "The request you have made requires authentication."}}"#
+            ),
+            ErrorKind::AuthFailed
+        );
         assert_eq!(kind(Dialect::OpenStack, 429, ""), ErrorKind::Throttled);
         for s in [500, 502, 503, 504] {
-            assert_eq!(kind(Dialect::OpenStack, s, "<html>oops</html>"), ErrorKind::Unavailable);
+            assert_eq!(
+                kind(Dialect::OpenStack, s, "<html>oops</html>"),
+                ErrorKind::Unavailable
+            );
         }
     }
 
     #[test]
     fn ims_codes_are_classified_by_what_to_do() {
         let ims = |code: &str| format!(r#"{{"error": {{"message": "m", "code": "{code}"}}}}"#);
-        assert_eq!(kind(Dialect::Huawei, 400, &ims("IMG.0028")), ErrorKind::Protected);
-        assert_eq!(kind(Dialect::Huawei, 400, &ims("IMG.0092")), ErrorKind::Forbidden);
-        assert_eq!(kind(Dialect::Huawei, 400, &ims("IMG.0094")), ErrorKind::Forbidden);
-        assert_eq!(kind(Dialect::Huawei, 400, &ims("IMG.0090")), ErrorKind::InUse);
-        assert_eq!(kind(Dialect::Huawei, 400, &ims("IMG.0001")), ErrorKind::BadRequest);
-        assert_eq!(kind(Dialect::Huawei, 401, r#"{"error_msg": "bad token", "error_code": "APIGW.0301"}"#), ErrorKind::AuthFailed);
-        assert_eq!(classify_delete(Dialect::Huawei, &answer(400, &ims("IMG.0027"))), Ok(Deletion::Accepted));
-        assert_eq!(classify_delete(Dialect::Huawei, &answer(400, &ims("IMG.0144"))), Ok(Deletion::Accepted));
+        assert_eq!(
+            kind(Dialect::Huawei, 400, &ims("IMG.0028")),
+            ErrorKind::Protected
+        );
+        assert_eq!(
+            kind(Dialect::Huawei, 400, &ims("IMG.0092")),
+            ErrorKind::Forbidden
+        );
+        assert_eq!(
+            kind(Dialect::Huawei, 400, &ims("IMG.0094")),
+            ErrorKind::Forbidden
+        );
+        assert_eq!(
+            kind(Dialect::Huawei, 400, &ims("IMG.0090")),
+            ErrorKind::InUse
+        );
+        assert_eq!(
+            kind(Dialect::Huawei, 400, &ims("IMG.0001")),
+            ErrorKind::BadRequest
+        );
+        assert_eq!(
+            kind(
+                Dialect::Huawei,
+                401,
+                r#"{"error_msg": "bad token", "error_code": "APIGW.0301"}"#
+            ),
+            ErrorKind::AuthFailed
+        );
+        assert_eq!(
+            classify_delete(Dialect::Huawei, &answer(400, &ims("IMG.0027"))),
+            Ok(Deletion::Accepted)
+        );
+        assert_eq!(
+            classify_delete(Dialect::Huawei, &answer(400, &ims("IMG.0144"))),
+            Ok(Deletion::Accepted)
+        );
     }
 
     #[test]
     fn throttling_without_retry_after_gets_the_documented_pause() {
-        let err = classify_delete(Dialect::Huawei, &answer(429, r#"{"error_msg": "slow down", "error_code": "APIG.0308"}"#))
-            .expect_err("429 is an error");
+        let err = classify_delete(
+            Dialect::Huawei,
+            &answer(
+                429,
+                r#"{"error_msg": "slow down", "error_code": "APIG.0308"}"#,
+            ),
+        )
+        .expect_err("429 is an error");
         assert_eq!(err.kind, ErrorKind::Throttled);
         assert_eq!(err.retry_after, Some(Duration::from_secs(3)));
         let mut a = answer(503, "");
@@ -212,7 +309,10 @@ mod tests {
     fn messages_keep_the_cloud_text_and_request_id() {
         let body = r#"{"message": "Image 1 is protected and cannot be deleted.<br /><br />\n\n\n", "code": "403 Forbidden"}"#;
         let err = classify_delete(Dialect::OpenStack, &answer(403, body)).expect_err("403");
-        assert_eq!(err.message, "HTTP 403: Image 1 is protected and cannot be deleted.");
+        assert_eq!(
+            err.message,
+            "HTTP 403: Image 1 is protected and cannot be deleted."
+        );
         assert_eq!(err.request_id.as_deref(), Some("req-1"));
         assert_eq!(err.http_status, Some(403));
     }

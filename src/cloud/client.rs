@@ -20,7 +20,11 @@ use super::keystone::{self, Session};
 use super::{CloudError, Deletion, Dialect, ErrorKind, ImageInfo, ImageService, Lookup};
 
 /// Everything but unreserved characters is escaped in a path segment.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// Timeouts for calls to the cloud.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,7 +39,9 @@ pub struct HttpImageService {
 
 impl std::fmt::Debug for HttpImageService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpImageService").field("cfg", &self.cfg).finish_non_exhaustive()
+        f.debug_struct("HttpImageService")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -47,7 +53,10 @@ impl HttpImageService {
             .user_agent(concat!("cloudimage-operator/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &cfg.cacert {
             let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|_| {
-                CloudError::new(ErrorKind::CredentialsInvalid, "the Secret's `cacert` is not valid PEM")
+                CloudError::new(
+                    ErrorKind::CredentialsInvalid,
+                    "the Secret's `cacert` is not valid PEM",
+                )
             })?;
             for c in certs {
                 builder = builder.add_root_certificate(c);
@@ -56,16 +65,26 @@ impl HttpImageService {
         if !cfg.verify_tls {
             builder = builder.danger_accept_invalid_certs(true);
         }
-        let http = builder
-            .build()
-            .map_err(|e| CloudError::new(ErrorKind::CredentialsInvalid, format!("cannot build an HTTP client: {e}")))?;
-        Ok(HttpImageService { cfg, http, session: Mutex::new(None) })
+        let http = builder.build().map_err(|e| {
+            CloudError::new(
+                ErrorKind::CredentialsInvalid,
+                format!("cannot build an HTTP client: {e}"),
+            )
+        })?;
+        Ok(HttpImageService {
+            cfg,
+            http,
+            session: Mutex::new(None),
+        })
     }
 
     /// A valid session, authenticating when there is none or it is about to expire.
     async fn session(&self, force_new: bool) -> Result<Session, CloudError> {
         let mut guard = self.session.lock().await;
-        if let Some(s) = guard.as_ref().filter(|s| !force_new && !s.needs_renewal(Utc::now())) {
+        if let Some(s) = guard
+            .as_ref()
+            .filter(|s| !force_new && !s.needs_renewal(Utc::now()))
+        {
             return Ok(s.clone());
         }
         let fresh = keystone::authenticate(&self.http, &self.cfg).await?;
@@ -75,11 +94,18 @@ impl HttpImageService {
     }
 
     /// Sends one request to `/v2/images/{id}`; on 401 renews the token once and retries.
-    async fn call(&self, method: Method, image_id: &str, body: Option<String>) -> Result<Answer, CloudError> {
+    async fn call(
+        &self,
+        method: Method,
+        image_id: &str,
+        body: Option<String>,
+    ) -> Result<Answer, CloudError> {
         let mut renewed = false;
         loop {
             let session = self.session(renewed).await?;
-            let answer = self.send(&session, method.clone(), image_id, body.clone()).await?;
+            let answer = self
+                .send(&session, method.clone(), image_id, body.clone())
+                .await?;
             if answer.status == 401 && !renewed {
                 renewed = true;
                 continue;
@@ -88,7 +114,13 @@ impl HttpImageService {
         }
     }
 
-    async fn send(&self, session: &Session, method: Method, image_id: &str, body: Option<String>) -> Result<Answer, CloudError> {
+    async fn send(
+        &self,
+        session: &Session,
+        method: Method,
+        image_id: &str,
+        body: Option<String>,
+    ) -> Result<Answer, CloudError> {
         let url = image_url(&session.image_url, image_id);
         let span = info_span!("http", method = %method, path = %url.path(), status = tracing::field::Empty, request_id = tracing::field::Empty);
         async move {
@@ -100,9 +132,17 @@ impl HttpImageService {
             if let Some(b) = body {
                 req = req.header("Content-Type", "application/json").body(b);
             }
-            let resp = req.send().await.map_err(|e| CloudError::new(ErrorKind::Unavailable, describe_transport(&e)))?;
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| CloudError::new(ErrorKind::Unavailable, describe_transport(&e)))?;
             let status = resp.status().as_u16();
-            let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let header = |n: &str| {
+                resp.headers()
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
             let request_id = header("x-openstack-request-id").or_else(|| header("x-request-id"));
             let retry_after = parse_retry_after(header("retry-after").as_deref());
             let span = tracing::Span::current();
@@ -110,9 +150,17 @@ impl HttpImageService {
             if let Some(r) = &request_id {
                 span.record("request_id", r.as_str());
             }
-            let body = resp.text().await.map_err(|e| CloudError::new(ErrorKind::Unavailable, describe_transport(&e)))?;
+            let body = resp
+                .text()
+                .await
+                .map_err(|e| CloudError::new(ErrorKind::Unavailable, describe_transport(&e)))?;
             debug!("answered");
-            Ok(Answer { status, body, request_id, retry_after })
+            Ok(Answer {
+                status,
+                body,
+                request_id,
+                retry_after,
+            })
         }
         .instrument(span)
         .await
@@ -122,7 +170,11 @@ impl HttpImageService {
 /// `{base}/images/{percent-encoded id}`.
 pub fn image_url(base: &url::Url, image_id: &str) -> url::Url {
     let mut u = base.clone();
-    let path = format!("{}/images/{}", base.path().trim_end_matches('/'), utf8_percent_encode(image_id, SEGMENT));
+    let path = format!(
+        "{}/images/{}",
+        base.path().trim_end_matches('/'),
+        utf8_percent_encode(image_id, SEGMENT)
+    );
     u.set_path(&path);
     u.set_query(None);
     u
@@ -152,8 +204,12 @@ struct ImageRecord {
 
 /// Reads an image record; `protected` may be a Boolean or the string "true".
 pub fn parse_image(body: &str) -> Result<ImageInfo, CloudError> {
-    let r: ImageRecord = serde_json::from_str(body)
-        .map_err(|e| CloudError::new(ErrorKind::Unavailable, format!("unreadable image record: {e}")))?;
+    let r: ImageRecord = serde_json::from_str(body).map_err(|e| {
+        CloudError::new(
+            ErrorKind::Unavailable,
+            format!("unreadable image record: {e}"),
+        )
+    })?;
     let protected = match r.protected {
         Some(serde_json::Value::Bool(b)) => Some(b),
         Some(serde_json::Value::String(s)) => Some(s.eq_ignore_ascii_case("true")),
@@ -195,9 +251,19 @@ impl ImageService for HttpImageService {
         .boxed()
     }
 
-    fn delete_image<'a>(&'a self, image_id: &'a str, delete_backup: bool) -> BoxFuture<'a, Result<Deletion, CloudError>> {
+    fn delete_image<'a>(
+        &'a self,
+        image_id: &'a str,
+        delete_backup: bool,
+    ) -> BoxFuture<'a, Result<Deletion, CloudError>> {
         async move {
-            let answer = self.call(Method::DELETE, image_id, delete_body(self.cfg.dialect, delete_backup)).await?;
+            let answer = self
+                .call(
+                    Method::DELETE,
+                    image_id,
+                    delete_body(self.cfg.dialect, delete_backup),
+                )
+                .await?;
             classify_delete(self.cfg.dialect, &answer)
         }
         .boxed()
@@ -211,24 +277,43 @@ mod tests {
     #[test]
     fn image_ids_are_percent_encoded_into_one_segment() {
         let base = url::Url::parse("http://g:9292/v2").expect("url");
-        assert_eq!(image_url(&base, "4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90").as_str(), "http://g:9292/v2/images/4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90");
-        assert_eq!(image_url(&base, "../../v3?x=1#f").as_str(), "http://g:9292/v2/images/..%2F..%2Fv3%3Fx%3D1%23f");
-        assert_eq!(image_url(&base, "a b/%00").path(), "/v2/images/a%20b%2F%2500");
+        assert_eq!(
+            image_url(&base, "4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90").as_str(),
+            "http://g:9292/v2/images/4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90"
+        );
+        assert_eq!(
+            image_url(&base, "../../v3?x=1#f").as_str(),
+            "http://g:9292/v2/images/..%2F..%2Fv3%3Fx%3D1%23f"
+        );
+        assert_eq!(
+            image_url(&base, "a b/%00").path(),
+            "/v2/images/a%20b%2F%2500"
+        );
     }
 
     #[test]
     fn delete_body_follows_the_dialect() {
         assert_eq!(delete_body(Dialect::OpenStack, true), None);
-        assert_eq!(delete_body(Dialect::Huawei, true).as_deref(), Some(r#"{"delete_backup":true}"#));
-        assert_eq!(delete_body(Dialect::Huawei, false).as_deref(), Some(r#"{"delete_backup":false}"#));
+        assert_eq!(
+            delete_body(Dialect::Huawei, true).as_deref(),
+            Some(r#"{"delete_backup":true}"#)
+        );
+        assert_eq!(
+            delete_body(Dialect::Huawei, false).as_deref(),
+            Some(r#"{"delete_backup":false}"#)
+        );
     }
 
     #[test]
     fn image_records_accept_both_protected_spellings() {
-        let a = parse_image(r#"{"id": "x", "protected": "true", "os_hash_value": "abc", "checksum": "md5"}"#).expect("parses");
+        let a = parse_image(
+            r#"{"id": "x", "protected": "true", "os_hash_value": "abc", "checksum": "md5"}"#,
+        )
+        .expect("parses");
         assert_eq!(a.protected, Some(true));
         assert_eq!(a.checksum.as_deref(), Some("abc"));
-        let b = parse_image(r#"{"id": "x", "protected": false, "checksum": "md5", "size": null}"#).expect("parses");
+        let b = parse_image(r#"{"id": "x", "protected": false, "checksum": "md5", "size": null}"#)
+            .expect("parses");
         assert_eq!(b.protected, Some(false));
         assert_eq!(b.checksum.as_deref(), Some("md5"));
     }

@@ -131,18 +131,31 @@ fn pick(name: Option<String>, id: Option<String>) -> Option<NameOrId> {
 }
 
 /// Parses `clouds.yaml` text and returns the entry `cloud`.
-pub fn parse(text: &str, cloud: &str, cacert: Option<String>) -> Result<CloudConfig, CloudsYamlError> {
+pub fn parse(
+    text: &str,
+    cloud: &str,
+    cacert: Option<String>,
+) -> Result<CloudConfig, CloudsYamlError> {
     // serde's messages can quote the offending value (which may be a
     // password), so only the position is reported.
     let file: File = serde_yaml::from_str(text).map_err(|e| {
         CloudsYamlError::Unreadable(match e.location() {
-            Some(l) => format!("syntax or type error at line {}, column {}", l.line(), l.column()),
+            Some(l) => format!(
+                "syntax or type error at line {}, column {}",
+                l.line(),
+                l.column()
+            ),
             None => "syntax or type error".to_owned(),
         })
     })?;
     let mut clouds = file.clouds;
-    let entry = clouds.remove(cloud).ok_or_else(|| CloudsYamlError::NoSuchCloud(cloud.to_owned()))?;
-    let invalid = |problem: &str| CloudsYamlError::Invalid { cloud: cloud.to_owned(), problem: problem.to_owned() };
+    let entry = clouds
+        .remove(cloud)
+        .ok_or_else(|| CloudsYamlError::NoSuchCloud(cloud.to_owned()))?;
+    let invalid = |problem: &str| CloudsYamlError::Invalid {
+        cloud: cloud.to_owned(),
+        problem: problem.to_owned(),
+    };
 
     match entry.auth_type.as_deref() {
         None | Some("password") | Some("v3password") => {}
@@ -153,22 +166,33 @@ pub fn parse(text: &str, cloud: &str, cacert: Option<String>) -> Result<CloudCon
         }
     }
     let a = entry.auth;
-    let auth_url = a.auth_url.filter(|u| !u.is_empty()).ok_or_else(|| invalid("auth.auth_url is missing"))?;
+    let auth_url = a
+        .auth_url
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| invalid("auth.auth_url is missing"))?;
     let parsed = url::Url::parse(&auth_url).map_err(|_| invalid("auth.auth_url is not a URL"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(invalid("auth.auth_url must be http or https"));
     }
-    let user = pick(a.username, a.user_id).ok_or_else(|| invalid("auth.username (or auth.user_id) is missing"))?;
-    let password = a.password.filter(|p| !p.is_empty()).ok_or_else(|| invalid("auth.password is missing"))?;
+    let user = pick(a.username, a.user_id)
+        .ok_or_else(|| invalid("auth.username (or auth.user_id) is missing"))?;
+    let password = a
+        .password
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| invalid("auth.password is missing"))?;
     let default_domain = pick(a.domain_name, a.domain_id);
     let user_domain = pick(a.user_domain_name, a.user_domain_id).or_else(|| default_domain.clone());
     if matches!(user, NameOrId::Name(_)) && user_domain.is_none() {
-        return Err(invalid("auth.user_domain_name (or _id) is needed with auth.username"));
+        return Err(invalid(
+            "auth.user_domain_name (or _id) is needed with auth.username",
+        ));
     }
     let project = pick(a.project_name, a.project_id);
     let project_domain = pick(a.project_domain_name, a.project_domain_id).or(default_domain);
     if matches!(project, Some(NameOrId::Name(_))) && project_domain.is_none() {
-        return Err(invalid("auth.project_domain_name (or _id) is needed with auth.project_name"));
+        return Err(invalid(
+            "auth.project_domain_name (or _id) is needed with auth.project_name",
+        ));
     }
     if let Some(o) = &entry.image_endpoint_override {
         url::Url::parse(o).map_err(|_| invalid("image_endpoint_override is not a URL"))?;
@@ -180,7 +204,9 @@ pub fn parse(text: &str, cloud: &str, cacert: Option<String>) -> Result<CloudCon
         .trim_end_matches("URL")
         .to_ascii_lowercase();
     let dialect = match entry.profile.as_deref() {
-        Some(p) if p.eq_ignore_ascii_case("huaweicloud") || p.eq_ignore_ascii_case("otc") => Dialect::Huawei,
+        Some(p) if p.eq_ignore_ascii_case("huaweicloud") || p.eq_ignore_ascii_case("otc") => {
+            Dialect::Huawei
+        }
         _ => Dialect::OpenStack,
     };
     Ok(CloudConfig {
@@ -246,13 +272,27 @@ clouds:
 
     #[test]
     fn missing_or_broken_entries_say_what_is_wrong_without_values() {
-        assert_eq!(parse(YAML, "nope", None), Err(CloudsYamlError::NoSuchCloud("nope".into())));
-        assert!(matches!(parse("clouds: [", "x", None), Err(CloudsYamlError::Unreadable(_))));
+        assert_eq!(
+            parse(YAML, "nope", None),
+            Err(CloudsYamlError::NoSuchCloud("nope".into()))
+        );
+        assert!(matches!(
+            parse("clouds: [", "x", None),
+            Err(CloudsYamlError::Unreadable(_))
+        ));
         let no_pw = "clouds:\n  c:\n    auth:\n      auth_url: http://k/v3\n      username: u\n      user_domain_name: D\n";
         let err = parse(no_pw, "c", None).expect_err("no password");
-        assert!(err.to_string().contains("auth.password is missing"), "{err}");
+        assert!(
+            err.to_string().contains("auth.password is missing"),
+            "{err}"
+        );
         let appcred = "clouds:\n  c:\n    auth_type: v3applicationcredential\n    auth: {}\n";
-        assert!(parse(appcred, "c", None).expect_err("unsupported").to_string().contains("not supported"));
+        assert!(
+            parse(appcred, "c", None)
+                .expect_err("unsupported")
+                .to_string()
+                .contains("not supported")
+        );
     }
 
     #[test]

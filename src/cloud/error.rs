@@ -106,7 +106,14 @@ pub fn describe_transport(err: &reqwest::Error) -> String {
     }
     let host = err
         .url()
-        .map(|u| format!(" ({}://{}{})", u.scheme(), u.host_str().unwrap_or(""), port_of(u)))
+        .map(|u| {
+            format!(
+                " ({}://{}{})",
+                u.scheme(),
+                u.host_str().unwrap_or(""),
+                port_of(u)
+            )
+        })
         .unwrap_or_default();
     if detail.is_empty() {
         format!("{what}{host}")

@@ -54,7 +54,11 @@ pub fn token_fingerprint(token: &str) -> String {
 /// `{auth_url}/auth/tokens`, accepting auth URLs with or without `/v3`.
 pub fn tokens_url(auth_url: &str) -> Result<url::Url, CloudError> {
     let trimmed = auth_url.trim_end_matches('/');
-    let base = if trimmed.ends_with("/v3") { trimmed.to_owned() } else { format!("{trimmed}/v3") };
+    let base = if trimmed.ends_with("/v3") {
+        trimmed.to_owned()
+    } else {
+        format!("{trimmed}/v3")
+    };
     url::Url::parse(&format!("{base}/auth/tokens"))
         .map_err(|_| CloudError::new(ErrorKind::CredentialsInvalid, "auth_url is not a valid URL"))
 }
@@ -138,7 +142,10 @@ fn image_endpoint(cfg: &CloudConfig, catalog: &[CatalogEntry]) -> Result<url::Ur
                     format!(
                         "the Keystone catalog has no `image` endpoint for interface `{}`{}",
                         cfg.interface,
-                        cfg.region_name.as_ref().map(|r| format!(" in region `{r}`")).unwrap_or_default()
+                        cfg.region_name
+                            .as_ref()
+                            .map(|r| format!(" in region `{r}`"))
+                            .unwrap_or_default()
                     ),
                 )
             })?,
@@ -149,13 +156,24 @@ fn image_endpoint(cfg: &CloudConfig, catalog: &[CatalogEntry]) -> Result<url::Ur
 /// Normalises an image endpoint to `.../v2` (catalogs usually list it unversioned).
 pub fn image_api_base(raw: &str) -> Result<url::Url, CloudError> {
     let trimmed = raw.trim_end_matches('/');
-    let base = if trimmed.ends_with("/v2") { trimmed.to_owned() } else { format!("{trimmed}/v2") };
-    url::Url::parse(&base)
-        .map_err(|_| CloudError::new(ErrorKind::CredentialsInvalid, "the image endpoint is not a valid URL"))
+    let base = if trimmed.ends_with("/v2") {
+        trimmed.to_owned()
+    } else {
+        format!("{trimmed}/v2")
+    };
+    url::Url::parse(&base).map_err(|_| {
+        CloudError::new(
+            ErrorKind::CredentialsInvalid,
+            "the image endpoint is not a valid URL",
+        )
+    })
 }
 
 /// Asks Keystone for a token with the configured password.
-pub async fn authenticate(http: &reqwest::Client, cfg: &CloudConfig) -> Result<Session, CloudError> {
+pub async fn authenticate(
+    http: &reqwest::Client,
+    cfg: &CloudConfig,
+) -> Result<Session, CloudError> {
     let url = tokens_url(&cfg.auth_url)?;
     let resp = http
         .post(url)
@@ -163,18 +181,35 @@ pub async fn authenticate(http: &reqwest::Client, cfg: &CloudConfig) -> Result<S
         .json(&password_request(cfg))
         .send()
         .await
-        .map_err(|e| CloudError::new(ErrorKind::Unavailable, format!("Keystone: {}", describe_transport(&e))))?;
+        .map_err(|e| {
+            CloudError::new(
+                ErrorKind::Unavailable,
+                format!("Keystone: {}", describe_transport(&e)),
+            )
+        })?;
     let status = resp.status().as_u16();
-    let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |n: &str| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let request_id = header("x-openstack-request-id").or_else(|| header("x-request-id"));
     let retry_after = parse_retry_after(header("retry-after").as_deref());
     let token = header("x-subject-token");
-    let body = resp
-        .text()
-        .await
-        .map_err(|e| CloudError::new(ErrorKind::Unavailable, format!("Keystone: {}", describe_transport(&e))))?;
+    let body = resp.text().await.map_err(|e| {
+        CloudError::new(
+            ErrorKind::Unavailable,
+            format!("Keystone: {}", describe_transport(&e)),
+        )
+    })?;
     if status != 201 && status != 200 {
-        let mut err = classify_failure(&Answer { status, body, request_id, retry_after });
+        let mut err = classify_failure(&Answer {
+            status,
+            body,
+            request_id,
+            retry_after,
+        });
         err.message = format!("Keystone refused the credentials: {}", err.message);
         if status == 401 || status == 403 || status == 404 {
             // 404 here means an unknown user, project or domain.
@@ -183,12 +218,23 @@ pub async fn authenticate(http: &reqwest::Client, cfg: &CloudConfig) -> Result<S
         return Err(err);
     }
     let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
-        CloudError::new(ErrorKind::Unavailable, "Keystone answered without an X-Subject-Token header")
+        CloudError::new(
+            ErrorKind::Unavailable,
+            "Keystone answered without an X-Subject-Token header",
+        )
     })?;
-    let parsed: TokenBody = serde_json::from_str(&body)
-        .map_err(|e| CloudError::new(ErrorKind::Unavailable, format!("Keystone token body unreadable: {e}")))?;
+    let parsed: TokenBody = serde_json::from_str(&body).map_err(|e| {
+        CloudError::new(
+            ErrorKind::Unavailable,
+            format!("Keystone token body unreadable: {e}"),
+        )
+    })?;
     let image_url = image_endpoint(cfg, &parsed.token.catalog)?;
-    Ok(Session { token, expires_at: parsed.token.expires_at, image_url })
+    Ok(Session {
+        token,
+        expires_at: parsed.token.expires_at,
+        image_url,
+    })
 }
 
 #[cfg(test)]
@@ -213,8 +259,14 @@ mod tests {
 
     #[test]
     fn auth_url_with_or_without_v3() {
-        assert_eq!(tokens_url("http://k:5000").map(|u| u.to_string()), Ok("http://k:5000/v3/auth/tokens".into()));
-        assert_eq!(tokens_url("http://k:5000/v3/").map(|u| u.to_string()), Ok("http://k:5000/v3/auth/tokens".into()));
+        assert_eq!(
+            tokens_url("http://k:5000").map(|u| u.to_string()),
+            Ok("http://k:5000/v3/auth/tokens".into())
+        );
+        assert_eq!(
+            tokens_url("http://k:5000/v3/").map(|u| u.to_string()),
+            Ok("http://k:5000/v3/auth/tokens".into())
+        );
     }
 
     #[test]
@@ -227,20 +279,32 @@ mod tests {
                 {"url": "http://glance:9292/", "interface": "public", "region_id": "RegionOne"}]}
         ]))
         .expect("catalog");
-        assert_eq!(image_endpoint(&cfg(), &catalog).map(|u| u.to_string()), Ok("http://glance:9292/v2".into()));
+        assert_eq!(
+            image_endpoint(&cfg(), &catalog).map(|u| u.to_string()),
+            Ok("http://glance:9292/v2".into())
+        );
         let mut c = cfg();
         c.region_name = Some("RegionThree".into());
-        assert_eq!(image_endpoint(&c, &catalog).map_err(|e| e.kind), Err(ErrorKind::CredentialsInvalid));
+        assert_eq!(
+            image_endpoint(&c, &catalog).map_err(|e| e.kind),
+            Err(ErrorKind::CredentialsInvalid)
+        );
     }
 
     #[test]
     fn tokens_expire_early_and_never_print() {
         let s = Session {
             token: "gAAAA-secret-token".into(),
-            expires_at: DateTime::parse_from_rfc3339("2026-01-01T01:00:00Z").expect("date").with_timezone(&Utc),
+            expires_at: DateTime::parse_from_rfc3339("2026-01-01T01:00:00Z")
+                .expect("date")
+                .with_timezone(&Utc),
             image_url: url::Url::parse("http://g/v2").expect("url"),
         };
-        let at = |t: &str| DateTime::parse_from_rfc3339(t).expect("date").with_timezone(&Utc);
+        let at = |t: &str| {
+            DateTime::parse_from_rfc3339(t)
+                .expect("date")
+                .with_timezone(&Utc)
+        };
         assert!(!s.needs_renewal(at("2026-01-01T00:54:00Z")));
         assert!(s.needs_renewal(at("2026-01-01T00:56:00Z")));
         assert!(!format!("{s:?}").contains("secret"));

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::clouds_yaml::CloudConfig;
 use super::client::HttpImageService;
+use super::clouds_yaml::CloudConfig;
 use super::{CloudError, ImageService};
 
 /// Caches clients by a digest of their configuration (never by the password itself).

@@ -25,7 +25,11 @@ pub struct BackoffConfig {
 
 impl Default for BackoffConfig {
     fn default() -> Self {
-        BackoffConfig { fast_base: Duration::from_secs(2), slow_base: Duration::from_secs(30), max: Duration::from_secs(300) }
+        BackoffConfig {
+            fast_base: Duration::from_secs(2),
+            slow_base: Duration::from_secs(30),
+            max: Duration::from_secs(300),
+        }
     }
 }
 
@@ -33,7 +37,13 @@ impl Default for BackoffConfig {
 /// `jitter` in [0, 1) picks a point in the upper half of the window
 /// ("equal jitter"), so retries of many objects spread out but none comes
 /// back immediately.
-pub fn delay(cfg: &BackoffConfig, pace: Pace, failures: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+pub fn delay(
+    cfg: &BackoffConfig,
+    pace: Pace,
+    failures: u32,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Duration {
     let base = match pace {
         Pace::Fast => cfg.fast_base,
         Pace::Slow => cfg.slow_base,
@@ -64,7 +74,10 @@ impl Failures {
     }
 
     pub fn reset(&self, key: &str) {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 }
 
@@ -72,8 +85,11 @@ impl Failures {
 mod tests {
     use super::*;
 
-    const CFG: BackoffConfig =
-        BackoffConfig { fast_base: Duration::from_secs(2), slow_base: Duration::from_secs(30), max: Duration::from_secs(300) };
+    const CFG: BackoffConfig = BackoffConfig {
+        fast_base: Duration::from_secs(2),
+        slow_base: Duration::from_secs(30),
+        max: Duration::from_secs(300),
+    };
 
     #[test]
     fn grows_exponentially_up_to_the_cap() {
@@ -87,22 +103,43 @@ mod tests {
 
     #[test]
     fn slow_failures_start_slower() {
-        assert_eq!(delay(&CFG, Pace::Slow, 1, None, 1.0), Duration::from_secs(30));
-        assert_eq!(delay(&CFG, Pace::Slow, 2, None, 1.0), Duration::from_secs(60));
+        assert_eq!(
+            delay(&CFG, Pace::Slow, 1, None, 1.0),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            delay(&CFG, Pace::Slow, 2, None, 1.0),
+            Duration::from_secs(60)
+        );
     }
 
     #[test]
     fn jitter_stays_in_the_upper_half_of_the_window() {
-        assert_eq!(delay(&CFG, Pace::Fast, 3, None, 0.0), Duration::from_secs(4));
+        assert_eq!(
+            delay(&CFG, Pace::Fast, 3, None, 0.0),
+            Duration::from_secs(4)
+        );
         let mid = delay(&CFG, Pace::Fast, 3, None, 0.5);
-        assert!(mid > Duration::from_secs(4) && mid < Duration::from_secs(8), "{mid:?}");
+        assert!(
+            mid > Duration::from_secs(4) && mid < Duration::from_secs(8),
+            "{mid:?}"
+        );
     }
 
     #[test]
     fn retry_after_is_a_floor_bounded_by_the_cap() {
-        assert_eq!(delay(&CFG, Pace::Fast, 1, Some(Duration::from_secs(20)), 0.0), Duration::from_secs(20));
-        assert_eq!(delay(&CFG, Pace::Fast, 1, Some(Duration::from_secs(9999)), 0.0), Duration::from_secs(300));
-        assert_eq!(delay(&CFG, Pace::Fast, 5, Some(Duration::from_secs(1)), 1.0), Duration::from_secs(32));
+        assert_eq!(
+            delay(&CFG, Pace::Fast, 1, Some(Duration::from_secs(20)), 0.0),
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            delay(&CFG, Pace::Fast, 1, Some(Duration::from_secs(9999)), 0.0),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            delay(&CFG, Pace::Fast, 5, Some(Duration::from_secs(1)), 1.0),
+            Duration::from_secs(32)
+        );
     }
 
     #[test]

@@ -18,24 +18,44 @@ use crate::crd::{CloudImage, CloudImageStatus, DeletionPolicy, FINALIZER};
 /// The end of a cleanup step.
 enum Outcome {
     /// The image is confirmed gone (or retained): release the finalizer.
-    Release { type_: EventType, reason: &'static str, note: String },
+    Release {
+        type_: EventType,
+        reason: &'static str,
+        note: String,
+    },
     /// Not finished: keep the finalizer and report.
     Step(DeletionStep),
 }
 
-pub async fn cleanup(api: &Api<CloudImage>, obj: &CloudImage, ctx: &Context) -> Result<Action, Error> {
+pub async fn cleanup(
+    api: &Api<CloudImage>,
+    obj: &CloudImage,
+    ctx: &Context,
+) -> Result<Action, Error> {
     let prev = obj.status.clone().unwrap_or_default();
     let outcome = decide_step(obj, ctx, &prev).await?;
     match outcome {
-        Outcome::Release { type_, reason, note } => {
-            kube_io::release_finalizer(api, obj).await.map_err(Error::ReleaseFinalizer)?;
+        Outcome::Release {
+            type_,
+            reason,
+            note,
+        } => {
+            kube_io::release_finalizer(api, obj)
+                .await
+                .map_err(Error::ReleaseFinalizer)?;
             ctx.failures.reset(&object_key(obj));
             info!(reason, "finalizer released");
             kube_io::publish(&ctx.recorder, obj, type_, reason, "DeleteImage", note).await;
             Ok(Action::await_change())
         }
         Outcome::Step(step) => {
-            let next = decide::deleting_status(&prev, obj.metadata.generation, &obj.spec.image_id, &step, Timestamp::now());
+            let next = decide::deleting_status(
+                &prev,
+                obj.metadata.generation,
+                &obj.spec.image_id,
+                &step,
+                Timestamp::now(),
+            );
             if decide::reason_changed(&prev, &next, DELETING) {
                 let message = next
                     .conditions
@@ -43,24 +63,48 @@ pub async fn cleanup(api: &Api<CloudImage>, obj: &CloudImage, ctx: &Context) -> 
                     .find(|c| c.type_ == DELETING)
                     .map(|c| c.message.clone())
                     .unwrap_or_default();
-                let type_ = if matches!(step, DeletionStep::Failed { .. }) { EventType::Warning } else { EventType::Normal };
-                kube_io::publish(&ctx.recorder, obj, type_, step.reason(), "DeleteImage", message).await;
+                let type_ = if matches!(step, DeletionStep::Failed { .. }) {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                };
+                kube_io::publish(
+                    &ctx.recorder,
+                    obj,
+                    type_,
+                    step.reason(),
+                    "DeleteImage",
+                    message,
+                )
+                .await;
             }
-            kube_io::write_status(api, obj, &next).await.map_err(Error::PatchStatus)?;
-            info!(reason = step.reason(), attempts = decide::attempts(&next), "image deletion not finished");
+            kube_io::write_status(api, obj, &next)
+                .await
+                .map_err(Error::PatchStatus)?;
+            info!(
+                reason = step.reason(),
+                attempts = decide::attempts(&next),
+                "image deletion not finished"
+            );
             Ok(match &step {
                 DeletionStep::Failed { problem, .. } => retry(ctx, obj, problem),
                 DeletionStep::Accepted { .. } => {
                     ctx.failures.reset(&object_key(obj));
                     Action::requeue(ctx.settings.accepted_poll)
                 }
-                DeletionStep::DryRun(_) | DeletionStep::WaitingForFinalizers(_) => Action::requeue(ctx.settings.resync),
+                DeletionStep::DryRun(_) | DeletionStep::WaitingForFinalizers(_) => {
+                    Action::requeue(ctx.settings.resync)
+                }
             })
         }
     }
 }
 
-async fn decide_step(obj: &CloudImage, ctx: &Context, prev: &CloudImageStatus) -> Result<Outcome, Error> {
+async fn decide_step(
+    obj: &CloudImage,
+    ctx: &Context,
+    prev: &CloudImageStatus,
+) -> Result<Outcome, Error> {
     let id = &obj.spec.image_id;
     if obj.spec.deletion_policy == DeletionPolicy::Retain {
         return Ok(Outcome::Release {
@@ -69,15 +113,27 @@ async fn decide_step(obj: &CloudImage, ctx: &Context, prev: &CloudImageStatus) -
             note: format!("deletionPolicy is Retain: image {id} was left in the cloud untouched"),
         });
     }
-    let others: Vec<String> = obj.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    let others: Vec<String> = obj
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
     if !others.is_empty() {
         return Ok(Outcome::Step(DeletionStep::WaitingForFinalizers(others)));
     }
     let cloud = match cloud_for(obj, ctx).await? {
         Ok(c) => c,
-        Err(problem) => return Ok(Outcome::Step(DeletionStep::Failed { problem, attempted: false })),
+        Err(problem) => {
+            return Ok(Outcome::Step(DeletionStep::Failed {
+                problem,
+                attempted: false,
+            }));
+        }
     };
-    let failed = |problem: Problem, attempted: bool| Outcome::Step(DeletionStep::Failed { problem, attempted });
+    let failed = |problem: Problem, attempted: bool| {
+        Outcome::Step(DeletionStep::Failed { problem, attempted })
+    };
 
     if ctx.settings.dry_run {
         return Ok(match cloud.get_image(id).await {
@@ -95,14 +151,28 @@ async fn decide_step(obj: &CloudImage, ctx: &Context, prev: &CloudImageStatus) -
                 reason: "ImageDeleted",
                 note: format!("the cloud no longer lists image {id}: deletion confirmed"),
             },
-            Ok(Lookup::Found(info)) => Outcome::Step(DeletionStep::Accepted { image: Some(info), attempted: false }),
+            Ok(Lookup::Found(info)) => Outcome::Step(DeletionStep::Accepted {
+                image: Some(info),
+                attempted: false,
+            }),
             Err(e) => failed(e.into(), false),
         });
     }
 
-    if cloud.dialect() == Dialect::OpenStack && obj.spec.delete_backup && decide::attempts(prev) == 0 {
+    if cloud.dialect() == Dialect::OpenStack
+        && obj.spec.delete_backup
+        && decide::attempts(prev) == 0
+    {
         let note = "deleteBackup is true, but this cloud is OpenStack Glance, which has no backups behind images: only the image is deleted".to_owned();
-        kube_io::publish(&ctx.recorder, obj, EventType::Warning, "DeleteBackupIgnored", "DeleteImage", note).await;
+        kube_io::publish(
+            &ctx.recorder,
+            obj,
+            EventType::Warning,
+            "DeleteBackupIgnored",
+            "DeleteImage",
+            note,
+        )
+        .await;
     }
     Ok(match cloud.delete_image(id, obj.spec.delete_backup).await {
         Ok(Deletion::Deleted) => Outcome::Release {
@@ -122,7 +192,10 @@ async fn decide_step(obj: &CloudImage, ctx: &Context, prev: &CloudImageStatus) -
                 "image {id} was not found with these credentials (404), so there was nothing to delete. If it exists in a project these credentials cannot see, it was NOT deleted"
             ),
         },
-        Ok(Deletion::Accepted) => Outcome::Step(DeletionStep::Accepted { image: None, attempted: true }),
+        Ok(Deletion::Accepted) => Outcome::Step(DeletionStep::Accepted {
+            image: None,
+            attempted: true,
+        }),
         Err(e) => failed(e.into(), true),
     })
 }

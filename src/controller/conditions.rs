@@ -1,8 +1,8 @@
 //! Kubernetes-style conditions: set one by type, moving `lastTransitionTime`
 //! only when its status changes.
 
-use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 
 pub const READY: &str = "Ready";
 pub const DELETING: &str = "Deleting";
@@ -18,7 +18,12 @@ pub struct Wanted<'a> {
 
 /// Puts `wanted` into `conditions`, keeping `lastTransitionTime` when the
 /// status did not change.
-pub fn set(conditions: &mut Vec<Condition>, wanted: Wanted<'_>, generation: Option<i64>, now: Timestamp) {
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    wanted: Wanted<'_>,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
     let status = if wanted.status { "True" } else { "False" }.to_owned();
     let previous = conditions.iter().position(|c| c.type_ == wanted.type_);
     let last_transition_time = match previous.map(|i| &conditions[i]) {
@@ -46,7 +51,10 @@ pub fn remove(conditions: &mut Vec<Condition>, type_: &str) {
 
 /// The reason of the condition of `type_`, if present.
 pub fn reason<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a str> {
-    conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.as_str())
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.reason.as_str())
 }
 
 #[cfg(test)]
@@ -58,20 +66,44 @@ mod tests {
     }
 
     fn wanted(status: bool, reason: &str) -> Wanted<'_> {
-        Wanted { type_: READY, status, reason, message: format!("because {reason}") }
+        Wanted {
+            type_: READY,
+            status,
+            reason,
+            message: format!("because {reason}"),
+        }
     }
 
     #[test]
     fn transition_time_moves_only_when_status_changes() {
         let mut c = Vec::new();
-        set(&mut c, wanted(false, "ImageNotFound"), Some(1), at("2026-01-01T00:00:00Z"));
+        set(
+            &mut c,
+            wanted(false, "ImageNotFound"),
+            Some(1),
+            at("2026-01-01T00:00:00Z"),
+        );
         assert_eq!(c[0].last_transition_time, Time(at("2026-01-01T00:00:00Z")));
-        set(&mut c, wanted(false, "CloudUnavailable"), Some(2), at("2026-01-01T00:05:00Z"));
+        set(
+            &mut c,
+            wanted(false, "CloudUnavailable"),
+            Some(2),
+            at("2026-01-01T00:05:00Z"),
+        );
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].reason, "CloudUnavailable");
         assert_eq!(c[0].observed_generation, Some(2));
-        assert_eq!(c[0].last_transition_time, Time(at("2026-01-01T00:00:00Z")), "same status keeps the time");
-        set(&mut c, wanted(true, "ImageAvailable"), Some(2), at("2026-01-01T00:10:00Z"));
+        assert_eq!(
+            c[0].last_transition_time,
+            Time(at("2026-01-01T00:00:00Z")),
+            "same status keeps the time"
+        );
+        set(
+            &mut c,
+            wanted(true, "ImageAvailable"),
+            Some(2),
+            at("2026-01-01T00:10:00Z"),
+        );
         assert_eq!(c[0].status, "True");
         assert_eq!(c[0].last_transition_time, Time(at("2026-01-01T00:10:00Z")));
     }
@@ -79,8 +111,23 @@ mod tests {
     #[test]
     fn conditions_are_keyed_by_type() {
         let mut c = Vec::new();
-        set(&mut c, wanted(true, "ImageAvailable"), None, at("2026-01-01T00:00:00Z"));
-        set(&mut c, Wanted { type_: DELETING, status: true, reason: "Protected", message: String::new() }, None, at("2026-01-01T00:00:00Z"));
+        set(
+            &mut c,
+            wanted(true, "ImageAvailable"),
+            None,
+            at("2026-01-01T00:00:00Z"),
+        );
+        set(
+            &mut c,
+            Wanted {
+                type_: DELETING,
+                status: true,
+                reason: "Protected",
+                message: String::new(),
+            },
+            None,
+            at("2026-01-01T00:00:00Z"),
+        );
         assert_eq!(reason(&c, DELETING), Some("Protected"));
         assert_eq!(reason(&c, READY), Some("ImageAvailable"));
         remove(&mut c, DELETING);

@@ -25,12 +25,19 @@ fn missing(msg: String) -> CredentialsError {
 
 /// Reads `cloud_ref` from `namespace`. The namespace is always the
 /// CloudImage's own: a CloudImage cannot name a Secret elsewhere.
-pub async fn read(client: &kube::Client, namespace: &str, cloud_ref: &CloudRef) -> Result<CloudConfig, CredentialsError> {
+pub async fn read(
+    client: &kube::Client,
+    namespace: &str,
+    cloud_ref: &CloudRef,
+) -> Result<CloudConfig, CredentialsError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = match secrets.get_opt(&cloud_ref.secret_name).await {
         Ok(Some(s)) => s,
         Ok(None) => {
-            return Err(missing(format!("Secret {namespace}/{} does not exist; create it with a `{CLOUDS_YAML_KEY}` key", cloud_ref.secret_name)));
+            return Err(missing(format!(
+                "Secret {namespace}/{} does not exist; create it with a `{CLOUDS_YAML_KEY}` key",
+                cloud_ref.secret_name
+            )));
         }
         Err(kube::Error::Api(e)) if e.code == 403 => {
             return Err(missing(format!(
@@ -44,20 +51,43 @@ pub async fn read(client: &kube::Client, namespace: &str, cloud_ref: &CloudRef) 
 }
 
 /// Extracts and parses the cloud entry from a Secret's data.
-pub fn parse_secret(secret: &Secret, namespace: &str, cloud_ref: &CloudRef) -> Result<CloudConfig, CredentialsError> {
+pub fn parse_secret(
+    secret: &Secret,
+    namespace: &str,
+    cloud_ref: &CloudRef,
+) -> Result<CloudConfig, CredentialsError> {
     let name = &cloud_ref.secret_name;
     let data = secret.data.as_ref();
     let get = |key: &str| -> Option<Vec<u8>> {
-        data.and_then(|d| d.get(key)).map(|b| b.0.clone()).or_else(|| {
-            secret.string_data.as_ref().and_then(|d| d.get(key)).map(|s| s.clone().into_bytes())
-        })
+        data.and_then(|d| d.get(key))
+            .map(|b| b.0.clone())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|s| s.clone().into_bytes())
+            })
     };
-    let raw = get(CLOUDS_YAML_KEY)
-        .ok_or_else(|| missing(format!("Secret {namespace}/{name} has no `{CLOUDS_YAML_KEY}` key")))?;
-    let invalid = |msg: String| CredentialsError::Problem(Problem::new("CredentialsInvalid", msg, Pace::Slow));
-    let text = String::from_utf8(raw).map_err(|_| invalid(format!("Secret {namespace}/{name}: `{CLOUDS_YAML_KEY}` is not UTF-8 text")))?;
+    let raw = get(CLOUDS_YAML_KEY).ok_or_else(|| {
+        missing(format!(
+            "Secret {namespace}/{name} has no `{CLOUDS_YAML_KEY}` key"
+        ))
+    })?;
+    let invalid = |msg: String| {
+        CredentialsError::Problem(Problem::new("CredentialsInvalid", msg, Pace::Slow))
+    };
+    let text = String::from_utf8(raw).map_err(|_| {
+        invalid(format!(
+            "Secret {namespace}/{name}: `{CLOUDS_YAML_KEY}` is not UTF-8 text"
+        ))
+    })?;
     let cacert = match get(CACERT_KEY) {
-        Some(b) => Some(String::from_utf8(b).map_err(|_| invalid(format!("Secret {namespace}/{name}: `{CACERT_KEY}` is not PEM text")))?),
+        Some(b) => Some(String::from_utf8(b).map_err(|_| {
+            invalid(format!(
+                "Secret {namespace}/{name}: `{CACERT_KEY}` is not PEM text"
+            ))
+        })?),
         None => None,
     };
     clouds_yaml::parse(&text, &cloud_ref.cloud_name, cacert).map_err(|e| match e {
@@ -74,7 +104,12 @@ mod tests {
 
     fn secret(entries: &[(&str, &str)]) -> Secret {
         Secret {
-            data: Some(entries.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect::<BTreeMap<_, _>>()),
+            data: Some(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
             ..Default::default()
         }
     }
@@ -88,9 +123,29 @@ mod tests {
 
     #[test]
     fn missing_keys_and_entries_are_credentials_missing() {
-        let r = CloudRef { secret_name: "s".into(), cloud_name: "c".into() };
-        assert_eq!(reason(parse_secret(&secret(&[]), "ns", &r)), "CredentialsMissing");
-        assert_eq!(reason(parse_secret(&secret(&[("clouds.yaml", "clouds: {}")]), "ns", &r)), "CredentialsMissing");
-        assert_eq!(reason(parse_secret(&secret(&[("clouds.yaml", "clouds: [")]), "ns", &r)), "CredentialsInvalid");
+        let r = CloudRef {
+            secret_name: "s".into(),
+            cloud_name: "c".into(),
+        };
+        assert_eq!(
+            reason(parse_secret(&secret(&[]), "ns", &r)),
+            "CredentialsMissing"
+        );
+        assert_eq!(
+            reason(parse_secret(
+                &secret(&[("clouds.yaml", "clouds: {}")]),
+                "ns",
+                &r
+            )),
+            "CredentialsMissing"
+        );
+        assert_eq!(
+            reason(parse_secret(
+                &secret(&[("clouds.yaml", "clouds: [")]),
+                "ns",
+                &r
+            )),
+            "CredentialsInvalid"
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! The reconciler's decisions, free of I/O: from the object, what the cloud
 //! said and the time, to the next status and whether a user must be told.
 
-use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 
 use super::backoff::Pace;
 use super::conditions::{self, DELETING, READY, Wanted};
@@ -22,7 +22,14 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(reason: &'static str, message: impl Into<String>, pace: Pace) -> Self {
-        Problem { reason, message: message.into(), http_status: None, request_id: None, pace, retry_after: None }
+        Problem {
+            reason,
+            message: message.into(),
+            http_status: None,
+            request_id: None,
+            pace,
+            retry_after: None,
+        }
     }
 
     /// The message with the cloud's request id, as shown in conditions and Events.
@@ -38,7 +45,11 @@ impl From<CloudError> for Problem {
     fn from(e: CloudError) -> Self {
         Problem {
             reason: e.kind.reason(),
-            pace: if e.kind.is_transient() { Pace::Fast } else { Pace::Slow },
+            pace: if e.kind.is_transient() {
+                Pace::Fast
+            } else {
+                Pace::Slow
+            },
             message: e.message,
             http_status: e.http_status,
             request_id: e.request_id,
@@ -53,7 +64,10 @@ pub enum DeletionStep {
     /// Other finalizers must go first.
     WaitingForFinalizers(Vec<String>),
     /// IMS accepted the DELETE; the image is still visible.
-    Accepted { image: Option<ImageInfo>, attempted: bool },
+    Accepted {
+        image: Option<ImageInfo>,
+        attempted: bool,
+    },
     /// `--dry-run`: the image would be deleted now.
     DryRun(Option<ImageInfo>),
     /// The step failed; `attempted` says whether it counts as an attempt.
@@ -99,11 +113,25 @@ pub fn live_status(
         Ok(Lookup::Found(info)) => {
             s.image = Some(observation(info));
             let state = info.status.as_deref().unwrap_or("unknown");
-            let protected = if info.protected == Some(true) { ", protected" } else { "" };
-            if state == "active" {
-                Wanted { type_: READY, status: true, reason: "ImageAvailable", message: format!("image {image_id} is active{protected}") }
+            let protected = if info.protected == Some(true) {
+                ", protected"
             } else {
-                Wanted { type_: READY, status: false, reason: "ImageNotActive", message: format!("image {image_id} is {state}{protected}") }
+                ""
+            };
+            if state == "active" {
+                Wanted {
+                    type_: READY,
+                    status: true,
+                    reason: "ImageAvailable",
+                    message: format!("image {image_id} is active{protected}"),
+                }
+            } else {
+                Wanted {
+                    type_: READY,
+                    status: false,
+                    reason: "ImageNotActive",
+                    message: format!("image {image_id} is {state}{protected}"),
+                }
             }
         }
         Ok(Lookup::NotFound) => {
@@ -120,19 +148,32 @@ pub fn live_status(
                 ),
             }
         }
-        Err(p) => Wanted { type_: READY, status: false, reason: p.reason, message: p.full_message() },
+        Err(p) => Wanted {
+            type_: READY,
+            status: false,
+            reason: p.reason,
+            message: p.full_message(),
+        },
     };
     conditions::set(&mut s.conditions, ready, generation, now);
     s
 }
 
 /// Status of an object being deleted after one deletion step.
-pub fn deleting_status(prev: &CloudImageStatus, generation: Option<i64>, image_id: &str, step: &DeletionStep, now: Timestamp) -> CloudImageStatus {
+pub fn deleting_status(
+    prev: &CloudImageStatus,
+    generation: Option<i64>,
+    image_id: &str,
+    step: &DeletionStep,
+    now: Timestamp,
+) -> CloudImageStatus {
     let mut s = prev.clone();
     s.observed_generation = generation;
     let mut progress = s.deletion.take().unwrap_or_default();
     let attempted = match step {
-        DeletionStep::Accepted { attempted, .. } | DeletionStep::Failed { attempted, .. } => *attempted,
+        DeletionStep::Accepted { attempted, .. } | DeletionStep::Failed { attempted, .. } => {
+            *attempted
+        }
         _ => false,
     };
     if attempted {
@@ -142,10 +183,17 @@ pub fn deleting_status(prev: &CloudImageStatus, generation: Option<i64>, image_i
     }
     let message = match step {
         DeletionStep::WaitingForFinalizers(others) => {
-            format!("waiting for the other finalizers to be removed before deleting image {image_id}: {}", others.join(", "))
+            format!(
+                "waiting for the other finalizers to be removed before deleting image {image_id}: {}",
+                others.join(", ")
+            )
         }
-        DeletionStep::Accepted { .. } => format!("the cloud accepted the deletion of image {image_id}; waiting until it no longer lists it"),
-        DeletionStep::DryRun(_) => format!("dry run: the operator would delete image {image_id} now; it will not while --dry-run is set"),
+        DeletionStep::Accepted { .. } => format!(
+            "the cloud accepted the deletion of image {image_id}; waiting until it no longer lists it"
+        ),
+        DeletionStep::DryRun(_) => format!(
+            "dry run: the operator would delete image {image_id} now; it will not while --dry-run is set"
+        ),
         DeletionStep::Failed { problem, .. } => problem.full_message(),
     };
     progress.last_error = match step {
@@ -157,14 +205,33 @@ pub fn deleting_status(prev: &CloudImageStatus, generation: Option<i64>, image_i
         }),
         _ => None,
     };
-    if let DeletionStep::Accepted { image: Some(info), .. } | DeletionStep::DryRun(Some(info)) = step {
+    if let DeletionStep::Accepted {
+        image: Some(info), ..
+    }
+    | DeletionStep::DryRun(Some(info)) = step
+    {
         s.image = Some(observation(info));
     }
     s.deletion = Some(progress);
-    conditions::set(&mut s.conditions, Wanted { type_: DELETING, status: true, reason: step.reason(), message }, generation, now);
     conditions::set(
         &mut s.conditions,
-        Wanted { type_: READY, status: false, reason: "Deleting", message: format!("the CloudImage is being deleted ({})", step.reason()) },
+        Wanted {
+            type_: DELETING,
+            status: true,
+            reason: step.reason(),
+            message,
+        },
+        generation,
+        now,
+    );
+    conditions::set(
+        &mut s.conditions,
+        Wanted {
+            type_: READY,
+            status: false,
+            reason: "Deleting",
+            message: format!("the CloudImage is being deleted ({})", step.reason()),
+        },
         generation,
         now,
     );
@@ -179,12 +246,17 @@ pub fn reason_changed(prev: &CloudImageStatus, next: &CloudImageStatus, type_: &
 
 /// Whether the image was ever seen in the cloud by this operator.
 pub fn image_was_seen(prev: &CloudImageStatus) -> bool {
-    prev.image.as_ref().is_some_and(|i| i.updated_at.is_some() || i.status.as_deref().is_some_and(|s| s != "NotFound"))
+    prev.image.as_ref().is_some_and(|i| {
+        i.updated_at.is_some() || i.status.as_deref().is_some_and(|s| s != "NotFound")
+    })
 }
 
 /// Progress bookkeeping kept even when the step did not count as an attempt.
 pub fn attempts(s: &CloudImageStatus) -> i32 {
-    s.deletion.as_ref().map(|d: &DeletionProgress| d.attempts).unwrap_or(0)
+    s.deletion
+        .as_ref()
+        .map(|d: &DeletionProgress| d.attempts)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -199,11 +271,20 @@ mod tests {
     }
 
     fn active(protected: bool) -> ImageInfo {
-        ImageInfo { id: ID.into(), status: Some("active".into()), protected: Some(protected), name: Some("n".into()), ..Default::default() }
+        ImageInfo {
+            id: ID.into(),
+            status: Some("active".into()),
+            protected: Some(protected),
+            name: Some("n".into()),
+            ..Default::default()
+        }
     }
 
     fn protected_problem() -> Problem {
-        let mut e = CloudError::new(ErrorKind::Protected, "HTTP 403: Image is protected and cannot be deleted.");
+        let mut e = CloudError::new(
+            ErrorKind::Protected,
+            "HTTP 403: Image is protected and cannot be deleted.",
+        );
         e.request_id = Some("req-9".into());
         e.http_status = Some(403);
         Problem::from(e)
@@ -211,32 +292,59 @@ mod tests {
 
     #[test]
     fn live_image_is_ready_and_missing_image_is_reported_not_fixed() {
-        let s = live_status(&Default::default(), Some(1), ID, &Ok(Lookup::Found(active(true))), at(0));
-        assert_eq!(conditions::reason(&s.conditions, READY), Some("ImageAvailable"));
+        let s = live_status(
+            &Default::default(),
+            Some(1),
+            ID,
+            &Ok(Lookup::Found(active(true))),
+            at(0),
+        );
+        assert_eq!(
+            conditions::reason(&s.conditions, READY),
+            Some("ImageAvailable")
+        );
         assert_eq!(s.conditions[0].status, "True");
         assert!(s.conditions[0].message.contains("protected"));
         assert_eq!(s.image.as_ref().and_then(|i| i.protected), Some(true));
         assert_eq!(s.observed_generation, Some(1));
 
         let gone = live_status(&s, Some(1), ID, &Ok(Lookup::NotFound), at(1));
-        assert_eq!(conditions::reason(&gone.conditions, READY), Some("ImageNotFound"));
+        assert_eq!(
+            conditions::reason(&gone.conditions, READY),
+            Some("ImageNotFound")
+        );
         assert_eq!(gone.conditions[0].status, "False");
-        assert_eq!(gone.image.as_ref().and_then(|i| i.status.as_deref()), Some("NotFound"));
+        assert_eq!(
+            gone.image.as_ref().and_then(|i| i.status.as_deref()),
+            Some("NotFound")
+        );
         assert!(reason_changed(&s, &gone, READY));
     }
 
     #[test]
     fn a_failed_get_keeps_what_was_last_seen() {
-        let s = live_status(&Default::default(), Some(1), ID, &Ok(Lookup::Found(active(false))), at(0));
+        let s = live_status(
+            &Default::default(),
+            Some(1),
+            ID,
+            &Ok(Lookup::Found(active(false))),
+            at(0),
+        );
         let p = Problem::new("CredentialsMissing", "Secret creds not found", Pace::Slow);
         let next = live_status(&s, Some(1), ID, &Err(p), at(1));
-        assert_eq!(conditions::reason(&next.conditions, READY), Some("CredentialsMissing"));
+        assert_eq!(
+            conditions::reason(&next.conditions, READY),
+            Some("CredentialsMissing")
+        );
         assert_eq!(next.image, s.image);
     }
 
     #[test]
     fn failed_deletions_count_attempts_and_keep_the_first_time() {
-        let step = DeletionStep::Failed { problem: protected_problem(), attempted: true };
+        let step = DeletionStep::Failed {
+            problem: protected_problem(),
+            attempted: true,
+        };
         let one = deleting_status(&Default::default(), Some(2), ID, &step, at(0));
         let two = deleting_status(&one, Some(2), ID, &step, at(5));
         let d = two.deletion.as_ref().expect("deletion progress");
@@ -244,44 +352,112 @@ mod tests {
         assert_eq!(d.first_attempt_time, Some(Time(at(0))));
         assert_eq!(d.last_attempt_time, Some(Time(at(5))));
         let err = d.last_error.as_ref().expect("last error");
-        assert_eq!((err.reason.as_str(), err.request_id.as_deref(), err.http_status), ("Protected", Some("req-9"), Some(403)));
-        let deleting = two.conditions.iter().find(|c| c.type_ == DELETING).expect("Deleting condition");
-        assert_eq!((deleting.status.as_str(), deleting.reason.as_str()), ("True", "Protected"));
+        assert_eq!(
+            (
+                err.reason.as_str(),
+                err.request_id.as_deref(),
+                err.http_status
+            ),
+            ("Protected", Some("req-9"), Some(403))
+        );
+        let deleting = two
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DELETING)
+            .expect("Deleting condition");
+        assert_eq!(
+            (deleting.status.as_str(), deleting.reason.as_str()),
+            ("True", "Protected")
+        );
         assert!(deleting.message.contains("req-9"));
-        assert!(!reason_changed(&one, &two, DELETING), "same reason: no second Event");
+        assert!(
+            !reason_changed(&one, &two, DELETING),
+            "same reason: no second Event"
+        );
         assert_eq!(conditions::reason(&two.conditions, READY), Some("Deleting"));
     }
 
     #[test]
     fn non_attempts_do_not_count_and_clear_the_error() {
-        let failed = deleting_status(&Default::default(), None, ID, &DeletionStep::Failed { problem: protected_problem(), attempted: true }, at(0));
-        let waiting = deleting_status(&failed, None, ID, &DeletionStep::WaitingForFinalizers(vec!["x/y".into()]), at(1));
+        let failed = deleting_status(
+            &Default::default(),
+            None,
+            ID,
+            &DeletionStep::Failed {
+                problem: protected_problem(),
+                attempted: true,
+            },
+            at(0),
+        );
+        let waiting = deleting_status(
+            &failed,
+            None,
+            ID,
+            &DeletionStep::WaitingForFinalizers(vec!["x/y".into()]),
+            at(1),
+        );
         assert_eq!(attempts(&waiting), 1);
-        assert_eq!(waiting.deletion.as_ref().and_then(|d| d.last_error.clone()), None);
+        assert_eq!(
+            waiting.deletion.as_ref().and_then(|d| d.last_error.clone()),
+            None
+        );
         assert!(reason_changed(&failed, &waiting, DELETING));
-        assert_eq!(conditions::reason(&waiting.conditions, DELETING), Some("WaitingForFinalizers"));
+        assert_eq!(
+            conditions::reason(&waiting.conditions, DELETING),
+            Some("WaitingForFinalizers")
+        );
     }
 
     #[test]
     fn cloud_error_classes_map_to_pace() {
-        assert_eq!(Problem::from(CloudError::new(ErrorKind::Unavailable, "x")).pace, Pace::Fast);
-        assert_eq!(Problem::from(CloudError::new(ErrorKind::Throttled, "x")).pace, Pace::Fast);
-        assert_eq!(Problem::from(CloudError::new(ErrorKind::Protected, "x")).pace, Pace::Slow);
-        assert_eq!(Problem::from(CloudError::new(ErrorKind::Forbidden, "x")).pace, Pace::Slow);
-        assert_eq!(Problem::from(CloudError::new(ErrorKind::Unavailable, "x")).reason, "CloudUnavailable");
+        assert_eq!(
+            Problem::from(CloudError::new(ErrorKind::Unavailable, "x")).pace,
+            Pace::Fast
+        );
+        assert_eq!(
+            Problem::from(CloudError::new(ErrorKind::Throttled, "x")).pace,
+            Pace::Fast
+        );
+        assert_eq!(
+            Problem::from(CloudError::new(ErrorKind::Protected, "x")).pace,
+            Pace::Slow
+        );
+        assert_eq!(
+            Problem::from(CloudError::new(ErrorKind::Forbidden, "x")).pace,
+            Pace::Slow
+        );
+        assert_eq!(
+            Problem::from(CloudError::new(ErrorKind::Unavailable, "x")).reason,
+            "CloudUnavailable"
+        );
     }
 
     #[test]
     fn seen_images_are_remembered() {
-        let s = live_status(&Default::default(), None, ID, &Ok(Lookup::Found(active(false))), at(0));
+        let s = live_status(
+            &Default::default(),
+            None,
+            ID,
+            &Ok(Lookup::Found(active(false))),
+            at(0),
+        );
         assert!(image_was_seen(&s));
         let never = live_status(&Default::default(), None, ID, &Ok(Lookup::NotFound), at(0));
         assert!(!image_was_seen(&never));
         let mut seen = active(false);
         seen.updated_at = Some("2026-01-01T00:00:00Z".into());
-        let s = live_status(&Default::default(), None, ID, &Ok(Lookup::Found(seen)), at(0));
+        let s = live_status(
+            &Default::default(),
+            None,
+            ID,
+            &Ok(Lookup::Found(seen)),
+            at(0),
+        );
         let gone_later = live_status(&s, None, ID, &Ok(Lookup::NotFound), at(1));
         assert!(image_was_seen(&gone_later));
-        assert_eq!(gone_later.image.as_ref().and_then(|i| i.name.as_deref()), Some("n"));
+        assert_eq!(
+            gone_later.image.as_ref().and_then(|i| i.name.as_deref()),
+            Some("n")
+        );
     }
 }

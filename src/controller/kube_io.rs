@@ -14,7 +14,11 @@ use crate::crd::{CloudImage, CloudImageStatus, FINALIZER};
 pub const FIELD_MANAGER: &str = "cloudimage-operator";
 
 /// Writes `status` unless it equals what the object already has.
-pub async fn write_status(api: &Api<CloudImage>, obj: &CloudImage, status: &CloudImageStatus) -> Result<(), kube::Error> {
+pub async fn write_status(
+    api: &Api<CloudImage>,
+    obj: &CloudImage,
+    status: &CloudImageStatus,
+) -> Result<(), kube::Error> {
     if obj.status.as_ref() == Some(status) {
         return Ok(());
     }
@@ -23,7 +27,12 @@ pub async fn write_status(api: &Api<CloudImage>, obj: &CloudImage, status: &Clou
         "kind": "CloudImage",
         "status": status,
     });
-    api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -41,8 +50,14 @@ pub async fn add_finalizer(api: &Api<CloudImage>, obj: &CloudImage) -> Result<()
             {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}
         ])
     };
-    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
-    api.patch(&obj.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await?;
+    let patch: json_patch::Patch =
+        serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::<()>::Json(patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -57,7 +72,14 @@ pub async fn release_finalizer(api: &Api<CloudImage>, obj: &CloudImage) -> Resul
         {"op": "remove", "path": path}
     ]))
     .map_err(kube::Error::SerdeError)?;
-    match api.patch(&obj.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+    match api
+        .patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+    {
         Ok(_) => Ok(()),
         // Already gone: someone else released it and the object went away.
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
@@ -67,7 +89,14 @@ pub async fn release_finalizer(api: &Api<CloudImage>, obj: &CloudImage) -> Resul
 
 /// Records an Event about `obj`. A failure to record is logged, not fatal:
 /// the status carries the same information.
-pub async fn publish(recorder: &Recorder, obj: &CloudImage, type_: EventType, reason: &str, action: &str, note: String) {
+pub async fn publish(
+    recorder: &Recorder,
+    obj: &CloudImage,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let ev = Event {
         type_,
         reason: reason.to_owned(),

@@ -14,27 +14,57 @@ use super::{Context, Error, kube_io};
 use crate::cloud::Lookup;
 use crate::crd::CloudImage;
 
-pub async fn observe(api: &Api<CloudImage>, obj: &CloudImage, ctx: &Context) -> Result<Action, Error> {
+pub async fn observe(
+    api: &Api<CloudImage>,
+    obj: &CloudImage,
+    ctx: &Context,
+) -> Result<Action, Error> {
     let prev = obj.status.clone().unwrap_or_default();
     let id = &obj.spec.image_id;
     let result: Result<Lookup, Problem> = match cloud_for(obj, ctx).await? {
         Ok(cloud) => cloud.get_image(id).await.map_err(Problem::from),
         Err(p) => Err(p),
     };
-    let next = decide::live_status(&prev, obj.metadata.generation, id, &result, Timestamp::now());
+    let next = decide::live_status(
+        &prev,
+        obj.metadata.generation,
+        id,
+        &result,
+        Timestamp::now(),
+    );
     if decide::reason_changed(&prev, &next, READY) {
         match &result {
             Ok(Lookup::NotFound) => {
-                let note = format!("image {id} was not found in the cloud; the operator reports this and does not recreate images");
-                kube_io::publish(&ctx.recorder, obj, EventType::Warning, "ImageNotFound", "GetImage", note).await;
+                let note = format!(
+                    "image {id} was not found in the cloud; the operator reports this and does not recreate images"
+                );
+                kube_io::publish(
+                    &ctx.recorder,
+                    obj,
+                    EventType::Warning,
+                    "ImageNotFound",
+                    "GetImage",
+                    note,
+                )
+                .await;
             }
             Err(p) => {
-                kube_io::publish(&ctx.recorder, obj, EventType::Warning, p.reason, "GetImage", p.full_message()).await;
+                kube_io::publish(
+                    &ctx.recorder,
+                    obj,
+                    EventType::Warning,
+                    p.reason,
+                    "GetImage",
+                    p.full_message(),
+                )
+                .await;
             }
             Ok(Lookup::Found(_)) => {}
         }
     }
-    kube_io::write_status(api, obj, &next).await.map_err(Error::PatchStatus)?;
+    kube_io::write_status(api, obj, &next)
+        .await
+        .map_err(Error::PatchStatus)?;
     match &result {
         Ok(found) => {
             info!(found = matches!(found, Lookup::Found(_)), "image checked");

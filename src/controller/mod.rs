@@ -31,7 +31,12 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { dry_run: false, resync: Duration::from_secs(300), accepted_poll: Duration::from_secs(3), backoff: BackoffConfig::default() }
+        Settings {
+            dry_run: false,
+            resync: Duration::from_secs(300),
+            accepted_poll: Duration::from_secs(3),
+            backoff: BackoffConfig::default(),
+        }
     }
 }
 

@@ -16,7 +16,12 @@ use crate::crd::{CloudImage, FINALIZER};
 
 /// A key for per-object state that survives reconciles but not a recreation.
 pub fn object_key(obj: &CloudImage) -> String {
-    format!("{}/{}/{}", obj.namespace().unwrap_or_default(), obj.name_any(), obj.uid().unwrap_or_default())
+    format!(
+        "{}/{}/{}",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any(),
+        obj.uid().unwrap_or_default()
+    )
 }
 
 pub async fn reconcile(obj: Arc<CloudImage>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -39,7 +44,9 @@ async fn dispatch(obj: Arc<CloudImage>, ctx: Arc<Context>) -> Result<Action, Err
         (true, true) => cleanup::cleanup(&api, &obj, &ctx).await,
         // The finalizer comes first, so an object is never deleted unwatched.
         (false, false) => {
-            kube_io::add_finalizer(&api, &obj).await.map_err(Error::AddFinalizer)?;
+            kube_io::add_finalizer(&api, &obj)
+                .await
+                .map_err(Error::AddFinalizer)?;
             Ok(Action::await_change())
         }
         (false, true) => live::observe(&api, &obj, &ctx).await,
@@ -50,7 +57,13 @@ async fn dispatch(obj: Arc<CloudImage>, ctx: Arc<Context>) -> Result<Action, Err
 pub fn retry(ctx: &Context, obj: &CloudImage, problem: &Problem) -> Action {
     let failures = ctx.failures.record(&object_key(obj));
     let jitter: f64 = rand::rng().random();
-    Action::requeue(backoff::delay(&ctx.settings.backoff, problem.pace, failures, problem.retry_after, jitter))
+    Action::requeue(backoff::delay(
+        &ctx.settings.backoff,
+        problem.pace,
+        failures,
+        problem.retry_after,
+        jitter,
+    ))
 }
 
 /// Kubernetes API failures: logged and retried with the fast backoff.
@@ -58,17 +71,29 @@ pub fn error_policy(obj: Arc<CloudImage>, err: &Error, ctx: Arc<Context>) -> Act
     let failures = ctx.failures.record(&object_key(&obj));
     warn!(namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any(), reason = err.reason(), error = %err, failures, "reconcile failed");
     let jitter: f64 = rand::rng().random();
-    Action::requeue(backoff::delay(&ctx.settings.backoff, Pace::Fast, failures, None, jitter))
+    Action::requeue(backoff::delay(
+        &ctx.settings.backoff,
+        Pace::Fast,
+        failures,
+        None,
+        jitter,
+    ))
 }
 
 /// The image service for `obj`, built from its own namespace's Secret.
 /// A problem (bad spec, missing or invalid credentials) is returned as
 /// such; only Kubernetes API failures are errors.
-pub async fn cloud_for(obj: &CloudImage, ctx: &Context) -> Result<Result<Arc<dyn ImageService>, Problem>, Error> {
+pub async fn cloud_for(
+    obj: &CloudImage,
+    ctx: &Context,
+) -> Result<Result<Arc<dyn ImageService>, Problem>, Error> {
     if !crate::crd::is_canonical_image_id(&obj.spec.image_id) {
         return Ok(Err(Problem::new(
             "InvalidSpec",
-            format!("spec.imageId `{}` is not a lower-case UUID", crate::cloud::error::truncate(obj.spec.image_id.clone(), 64)),
+            format!(
+                "spec.imageId `{}` is not a lower-case UUID",
+                crate::cloud::error::truncate(obj.spec.image_id.clone(), 64)
+            ),
             Pace::Slow,
         )));
     }

@@ -19,21 +19,36 @@ pub async fn token(env: &TestEnv, user: &str, password: &str) -> (StatusCode, Op
         "scope": {"project": {"name": user, "domain": {"name": "Default"}}}
     }});
     let resp = reqwest::Client::new()
-        .post(format!("{}/auth/tokens", env.keystone_url().trim_end_matches('/')))
+        .post(format!(
+            "{}/auth/tokens",
+            env.keystone_url().trim_end_matches('/')
+        ))
         .json(&body)
         .send()
         .await
         .expect("Keystone answers");
     let status = resp.status();
-    let tok = resp.headers().get("x-subject-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let tok = resp
+        .headers()
+        .get("x-subject-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     (status, tok)
 }
 
 impl Glance {
     pub async fn as_user(env: &TestEnv, user: &str) -> Glance {
         let (status, tok) = token(env, user, &env.password(user)).await;
-        assert_eq!(status, StatusCode::CREATED, "Keystone issues a token for {user}");
-        Glance { url: env.glance_url().trim_end_matches('/').to_owned(), token: tok.expect("X-Subject-Token"), http: reqwest::Client::new() }
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "Keystone issues a token for {user}"
+        );
+        Glance {
+            url: env.glance_url().trim_end_matches('/').to_owned(),
+            token: tok.expect("X-Subject-Token"),
+            http: reqwest::Client::new(),
+        }
     }
 
     fn image(&self, id: &str) -> String {
@@ -51,7 +66,12 @@ impl Glance {
             .send()
             .await
             .expect("Glance answers");
-        assert_eq!(resp.status(), StatusCode::CREATED, "create image: {:?}", resp.text().await);
+        assert_eq!(
+            resp.status(),
+            StatusCode::CREATED,
+            "create image: {:?}",
+            resp.text().await
+        );
         let resp = self
             .http
             .put(format!("{}/file", self.image(&id)))
@@ -67,12 +87,21 @@ impl Glance {
 
     /// The HTTP status of GET /v2/images/{id}: 200 while it exists, 404 once gone.
     pub async fn status_of(&self, id: &str) -> StatusCode {
-        self.http.get(self.image(id)).header("X-Auth-Token", &self.token).send().await.expect("Glance answers").status()
+        self.http
+            .get(self.image(id))
+            .header("X-Auth-Token", &self.token)
+            .send()
+            .await
+            .expect("Glance answers")
+            .status()
     }
 
     pub async fn exists(&self, id: &str) -> bool {
         let s = self.status_of(id).await;
-        assert!(s == StatusCode::OK || s == StatusCode::NOT_FOUND, "unexpected GET answer {s}");
+        assert!(
+            s == StatusCode::OK || s == StatusCode::NOT_FOUND,
+            "unexpected GET answer {s}"
+        );
         s == StatusCode::OK
     }
 
@@ -81,7 +110,10 @@ impl Glance {
             .http
             .patch(self.image(id))
             .header("X-Auth-Token", &self.token)
-            .header("Content-Type", "application/openstack-images-v2.1-json-patch")
+            .header(
+                "Content-Type",
+                "application/openstack-images-v2.1-json-patch",
+            )
             .body(json!([{"op": "replace", "path": "/protected", "value": protected}]).to_string())
             .send()
             .await
@@ -90,7 +122,10 @@ impl Glance {
     }
 
     pub async fn delete_raw(&self, id: &str, token: Option<&str>) -> StatusCode {
-        let mut req = self.http.delete(self.image(id)).header("Accept", "application/json");
+        let mut req = self
+            .http
+            .delete(self.image(id))
+            .header("Accept", "application/json");
         if let Some(t) = token {
             req = req.header("X-Auth-Token", t);
         }

@@ -49,13 +49,28 @@ pub struct ImsDouble {
 }
 
 fn ims_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, [("content-type", "application/json"), ("x-request-id", "ims-double-req")], json!({"error": {"message": message, "code": code}}).to_string())
+    (
+        status,
+        [
+            ("content-type", "application/json"),
+            ("x-request-id", "ims-double-req"),
+        ],
+        json!({"error": {"message": message, "code": code}}).to_string(),
+    )
         .into_response()
 }
 
-async fn get_image(State(d): State<ImsDouble>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn get_image(
+    State(d): State<ImsDouble>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     if !headers.contains_key("x-auth-token") {
-        return (StatusCode::UNAUTHORIZED, json!({"error_msg": "no token", "error_code": "APIGW.0301"}).to_string()).into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            json!({"error_msg": "no token", "error_code": "APIGW.0301"}).to_string(),
+        )
+            .into_response();
     }
     let mut g = d.inner.lock().expect("lock");
     let Some(img) = g.images.get_mut(&id) else {
@@ -68,7 +83,8 @@ async fn get_image(State(d): State<ImsDouble>, headers: HeaderMap, Path(id): Pat
         img.visible_after_delete -= 1;
     }
     let protected = img.protected;
-    *g.gets_after_delete.entry(id.clone()).or_insert(0) += u32::from(g.images.get(&id).is_some_and(|i| i.deleted));
+    *g.gets_after_delete.entry(id.clone()).or_insert(0) +=
+        u32::from(g.images.get(&id).is_some_and(|i| i.deleted));
     (
         StatusCode::OK,
         [("content-type", "application/json")],
@@ -80,24 +96,51 @@ async fn get_image(State(d): State<ImsDouble>, headers: HeaderMap, Path(id): Pat
         .into_response()
 }
 
-async fn delete_image(State(d): State<ImsDouble>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+async fn delete_image(
+    State(d): State<ImsDouble>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     if !headers.contains_key("x-auth-token") {
-        return (StatusCode::UNAUTHORIZED, json!({"error_msg": "no token", "error_code": "APIGW.0301"}).to_string()).into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            json!({"error_msg": "no token", "error_code": "APIGW.0301"}).to_string(),
+        )
+            .into_response();
     }
-    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = String::from_utf8_lossy(&body).into_owned();
     let mut g = d.inner.lock().expect("lock");
-    g.deletes.push(DeleteCall { image_id: id.clone(), content_type: content_type.clone(), body: body.clone() });
+    g.deletes.push(DeleteCall {
+        image_id: id.clone(),
+        content_type: content_type.clone(),
+        body: body.clone(),
+    });
     let parsed: Option<serde_json::Value> = serde_json::from_str(&body).ok();
     let valid = content_type.as_deref() == Some("application/json")
-        && parsed.as_ref().and_then(|v| v.get("delete_backup")).is_some_and(|b| b.is_boolean());
+        && parsed
+            .as_ref()
+            .and_then(|v| v.get("delete_backup"))
+            .is_some_and(|b| b.is_boolean());
     if !valid && !body.is_empty() {
         return ims_error(StatusCode::BAD_REQUEST, "IMG.0001", "invalid request body");
     }
     match g.images.get_mut(&id) {
         None => ims_error(StatusCode::NOT_FOUND, "IMG.0027", "image not found"),
-        Some(img) if img.deleted => ims_error(StatusCode::BAD_REQUEST, "IMG.0144", "image is being deleted"),
-        Some(img) if img.protected => ims_error(StatusCode::BAD_REQUEST, "IMG.0028", "The image is protected and cannot be deleted."),
+        Some(img) if img.deleted => ims_error(
+            StatusCode::BAD_REQUEST,
+            "IMG.0144",
+            "image is being deleted",
+        ),
+        Some(img) if img.protected => ims_error(
+            StatusCode::BAD_REQUEST,
+            "IMG.0028",
+            "The image is protected and cannot be deleted.",
+        ),
         Some(img) => {
             img.deleted = true;
             StatusCode::NO_CONTENT.into_response()
@@ -109,9 +152,13 @@ impl ImsDouble {
     /// Starts the double on a free loopback port.
     pub async fn start() -> ImsDouble {
         let mut d = ImsDouble::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         d.addr = Some(listener.local_addr().expect("addr"));
-        let app = Router::new().route("/v2/images/{id}", get(get_image).delete(delete_image)).with_state(d.clone());
+        let app = Router::new()
+            .route("/v2/images/{id}", get(get_image).delete(delete_image))
+            .with_state(d.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -124,7 +171,14 @@ impl ImsDouble {
 
     /// Adds an image; after an accepted DELETE, GET still finds it `visible_after_delete` times.
     pub fn add_image(&self, id: &str, protected: bool, visible_after_delete: u32) {
-        self.inner.lock().expect("lock").images.insert(id.to_owned(), Image { protected, visible_after_delete, deleted: false });
+        self.inner.lock().expect("lock").images.insert(
+            id.to_owned(),
+            Image {
+                protected,
+                visible_after_delete,
+                deleted: false,
+            },
+        );
     }
 
     pub fn set_protected(&self, id: &str, protected: bool) {
@@ -139,10 +193,21 @@ impl ImsDouble {
 
     /// GETs answered 200 after the image was deleted (the "still visible" period).
     pub fn gets_after_delete(&self, id: &str) -> u32 {
-        self.inner.lock().expect("lock").gets_after_delete.get(id).copied().unwrap_or(0)
+        self.inner
+            .lock()
+            .expect("lock")
+            .gets_after_delete
+            .get(id)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn is_deleted(&self, id: &str) -> bool {
-        self.inner.lock().expect("lock").images.get(id).is_some_and(|i| i.deleted)
+        self.inner
+            .lock()
+            .expect("lock")
+            .images
+            .get(id)
+            .is_some_and(|i| i.deleted)
     }
 }

@@ -30,13 +30,18 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn load() -> TestEnv {
-        let dir = std::env::var("CLOUDIMAGE_TESTENV_DIR").map(PathBuf::from).unwrap_or_else(|_| {
-            let home = std::env::var("HOME").expect("HOME is set");
-            PathBuf::from(home).join(".cache/cloudimage-testenv/run")
-        });
+        let dir = std::env::var("CLOUDIMAGE_TESTENV_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                let home = std::env::var("HOME").expect("HOME is set");
+                PathBuf::from(home).join(".cache/cloudimage-testenv/run")
+            });
         let path = dir.join("env");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!("cannot read {} ({e}): start the test environment first with `testenv/env.sh up`", path.display())
+            panic!(
+                "cannot read {} ({e}): start the test environment first with `testenv/env.sh up`",
+                path.display()
+            )
         });
         let mut vars = BTreeMap::new();
         for line in text.lines() {
@@ -49,7 +54,10 @@ impl TestEnv {
     }
 
     pub fn var(&self, k: &str) -> String {
-        self.vars.get(k).cloned().unwrap_or_else(|| panic!("the test environment file has no {k}"))
+        self.vars
+            .get(k)
+            .cloned()
+            .unwrap_or_else(|| panic!("the test environment file has no {k}"))
     }
 
     pub fn keystone_url(&self) -> String {
@@ -61,7 +69,10 @@ impl TestEnv {
     }
 
     pub fn password(&self, user: &str) -> String {
-        self.var(&format!("CLOUDIMAGE_TEST_{}_PASSWORD", user.to_ascii_uppercase()))
+        self.var(&format!(
+            "CLOUDIMAGE_TEST_{}_PASSWORD",
+            user.to_ascii_uppercase()
+        ))
     }
 
     /// A clouds.yaml with one cloud named `name` for `user` (admin, demo or
@@ -90,14 +101,18 @@ impl TestEnv {
 
     pub async fn kube(&self) -> Client {
         let kc = Kubeconfig::read_from(self.var("KUBECONFIG")).expect("kubeconfig");
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kube config");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .expect("kube config");
         Client::try_from(cfg).expect("kube client")
     }
 }
 
 fn unquote(v: &str) -> String {
     let v = v.trim();
-    if v.len() >= 2 && ((v.starts_with('\'') && v.ends_with('\'')) || (v.starts_with('"') && v.ends_with('"'))) {
+    if v.len() >= 2
+        && ((v.starts_with('\'') && v.ends_with('\'')) || (v.starts_with('"') && v.ends_with('"')))
+    {
         v[1..v.len() - 1].to_owned()
     } else {
         // printf %q escapes with backslashes
@@ -137,15 +152,35 @@ where
 
 /// The CRD, applied from the committed file, and waited for until it is served.
 pub async fn install_crd(client: &Client) {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/cloudimage.dev_cloudimages.yaml")).expect("crd file");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/cloudimage.dev_cloudimages.yaml"
+    ))
+    .expect("crd file");
     let crd: CustomResourceDefinition = serde_yaml::from_str(&text).expect("crd yaml");
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    api.patch(&crd.name_any(), &PatchParams::apply("cloudimage-tests").force(), &Patch::Apply(&crd)).await.expect("apply CRD");
+    api.patch(
+        &crd.name_any(),
+        &PatchParams::apply("cloudimage-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply CRD");
     let cimgs: Api<CloudImage> = Api::all(client.clone());
-    wait_for("the CloudImage CRD to be served", Duration::from_secs(60), || {
-        let cimgs = cimgs.clone();
-        async move { cimgs.list(&ListParams::default().limit(1)).await.map(|_| ()).map_err(|e| e.to_string()) }
-    })
+    wait_for(
+        "the CloudImage CRD to be served",
+        Duration::from_secs(60),
+        || {
+            let cimgs = cimgs.clone();
+            async move {
+                cimgs
+                    .list(&ListParams::default().limit(1))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
     .await;
 }
 
@@ -162,11 +197,18 @@ impl Scope {
         let env = TestEnv::load();
         let client = env.kube().await;
         install_crd(&client).await;
-        let ns = format!("{}-{}", test.replace('_', "-"), &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        let ns = format!(
+            "{}-{}",
+            test.replace('_', "-"),
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
         let nss: Api<Namespace> = Api::all(client.clone());
-        nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"))
-            .await
-            .expect("create namespace");
+        nss.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"),
+        )
+        .await
+        .expect("create namespace");
         Scope { env, client, ns }
     }
 
@@ -186,11 +228,22 @@ impl Scope {
             "stringData": {"clouds.yaml": clouds_yaml}
         }))
         .expect("secret");
-        self.secrets().patch(name, &PatchParams::apply("cloudimage-tests").force(), &Patch::Apply(&s)).await.expect("apply secret");
+        self.secrets()
+            .patch(
+                name,
+                &PatchParams::apply("cloudimage-tests").force(),
+                &Patch::Apply(&s),
+            )
+            .await
+            .expect("apply secret");
     }
 
     /// Creates a CloudImage from a spec.
-    pub async fn create(&self, name: &str, spec: serde_json::Value) -> Result<CloudImage, kube::Error> {
+    pub async fn create(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> Result<CloudImage, kube::Error> {
         let obj: CloudImage = serde_json::from_value(json!({
             "apiVersion": "cloudimage.dev/v1alpha1", "kind": "CloudImage",
             "metadata": {"name": name}, "spec": spec
@@ -200,7 +253,10 @@ impl Scope {
     }
 
     pub async fn delete(&self, name: &str) {
-        self.cimgs().delete(name, &DeleteParams::default()).await.expect("delete CloudImage");
+        self.cimgs()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete CloudImage");
     }
 
     pub async fn get(&self, name: &str) -> Option<CloudImage> {
@@ -208,11 +264,20 @@ impl Scope {
     }
 
     /// Waits until the object has our finalizer and a status satisfying `pred`.
-    pub async fn wait_status(&self, name: &str, what: &str, deadline: Duration, pred: impl Fn(&CloudImageStatus) -> bool) -> CloudImage {
+    pub async fn wait_status(
+        &self,
+        name: &str,
+        what: &str,
+        deadline: Duration,
+        pred: impl Fn(&CloudImageStatus) -> bool,
+    ) -> CloudImage {
         wait_for(what, deadline, || async {
             match self.get(name).await {
                 Some(o) if o.status.as_ref().is_some_and(&pred) => Ok(o),
-                Some(o) => Err(format!("status {:?}, finalizers {:?}", o.status, o.metadata.finalizers)),
+                Some(o) => Err(format!(
+                    "status {:?}, finalizers {:?}",
+                    o.status, o.metadata.finalizers
+                )),
                 None => Err("object is gone".into()),
             }
         })
@@ -220,12 +285,19 @@ impl Scope {
     }
 
     pub async fn wait_gone(&self, name: &str, deadline: Duration) {
-        wait_for(&format!("CloudImage {name} to be gone from the API"), deadline, || async {
-            match self.get(name).await {
-                None => Ok(()),
-                Some(o) => Err(format!("still there: status {:?}, finalizers {:?}", o.status, o.metadata.finalizers)),
-            }
-        })
+        wait_for(
+            &format!("CloudImage {name} to be gone from the API"),
+            deadline,
+            || async {
+                match self.get(name).await {
+                    None => Ok(()),
+                    Some(o) => Err(format!(
+                        "still there: status {:?}, finalizers {:?}",
+                        o.status, o.metadata.finalizers
+                    )),
+                }
+            },
+        )
         .await
     }
 
@@ -236,15 +308,33 @@ impl Scope {
         list.items
             .into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .map(|e| {
+                (
+                    e.type_.unwrap_or_default(),
+                    e.reason.unwrap_or_default(),
+                    e.note.unwrap_or_default(),
+                )
+            })
             .collect()
     }
 
-    pub async fn wait_event(&self, name: &str, reason: &str, deadline: Duration) -> (String, String, String) {
-        wait_for(&format!("an Event {reason} about {name}"), deadline, || async {
-            let evs = self.events(name).await;
-            evs.iter().find(|e| e.1 == reason).cloned().ok_or_else(|| format!("{evs:?}"))
-        })
+    pub async fn wait_event(
+        &self,
+        name: &str,
+        reason: &str,
+        deadline: Duration,
+    ) -> (String, String, String) {
+        wait_for(
+            &format!("an Event {reason} about {name}"),
+            deadline,
+            || async {
+                let evs = self.events(name).await;
+                evs.iter()
+                    .find(|e| e.1 == reason)
+                    .cloned()
+                    .ok_or_else(|| format!("{evs:?}"))
+            },
+        )
         .await
     }
 
@@ -254,17 +344,37 @@ impl Scope {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("operator-logs");
         std::fs::create_dir_all(&dir).expect("log dir");
         let log_path = dir.join(format!("{}.log", self.ns));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file");
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloudimage-operator"));
-        cmd.args(["--kubeconfig", &self.env.var("KUBECONFIG"), "--namespace", &self.ns])
-            .args(["--retry-fast", "300ms", "--retry-slow", "1s", "--retry-max", "3s", "--accepted-poll-interval", "500ms", "--resync-interval", "2s"])
-            .args(["--log-level", "cloudimage_operator=debug,info"])
-            .args(extra)
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .kill_on_drop(true);
+        cmd.args([
+            "--kubeconfig",
+            &self.env.var("KUBECONFIG"),
+            "--namespace",
+            &self.ns,
+        ])
+        .args([
+            "--retry-fast",
+            "300ms",
+            "--retry-slow",
+            "1s",
+            "--retry-max",
+            "3s",
+            "--accepted-poll-interval",
+            "500ms",
+            "--resync-interval",
+            "2s",
+        ])
+        .args(["--log-level", "cloudimage_operator=debug,info"])
+        .args(extra)
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .kill_on_drop(true);
         let child = cmd.spawn().expect("start the operator");
         Operator { child, log_path }
     }
@@ -289,18 +399,29 @@ impl Operator {
     /// Asks the operator to stop (SIGTERM) and waits for it to exit.
     pub async fn terminate(mut self) -> std::process::ExitStatus {
         if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
         }
-        tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.expect("operator stops within 20 s").expect("wait")
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("operator stops within 20 s")
+            .expect("wait")
     }
 }
 
 /// The reason of the condition `type_`.
 pub fn reason(s: &CloudImageStatus, type_: &str) -> Option<String> {
-    s.conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.clone())
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.reason.clone())
 }
 
-pub fn condition(s: &CloudImageStatus, type_: &str) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+pub fn condition(
+    s: &CloudImageStatus,
+    type_: &str,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     s.conditions.iter().find(|c| c.type_ == type_).cloned()
 }
 

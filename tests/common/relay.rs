@@ -22,10 +22,18 @@ pub struct Relay {
 impl Relay {
     /// Starts relaying a fresh loopback port to `target` (host:port).
     pub async fn start(target: &str) -> Relay {
-        let target: SocketAddr = tokio::net::lookup_host(target).await.expect("target").next().expect("an address");
+        let target: SocketAddr = tokio::net::lookup_host(target)
+            .await
+            .expect("target")
+            .next()
+            .expect("an address");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let relay = Relay { addr, target, task: Arc::new(Mutex::new(None)) };
+        let relay = Relay {
+            addr,
+            target,
+            task: Arc::new(Mutex::new(None)),
+        };
         relay.serve(listener).await;
         relay
     }
@@ -35,7 +43,9 @@ impl Relay {
         let handle = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { break };
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    break;
+                };
                 conns.spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -56,7 +66,9 @@ impl Relay {
 
     /// Glance "comes back" on the same port.
     pub async fn restore(&self) {
-        let listener = TcpListener::bind(self.addr).await.expect("rebind the relay port");
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("rebind the relay port");
         self.serve(listener).await;
     }
 
