@@ -43,6 +43,7 @@ pub fn init_logging(args: &Args) -> Result<(), RunError> {
         .map_err(|e| RunError::LogFilter(e.to_string()))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Json => builder

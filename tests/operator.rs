@@ -525,7 +525,7 @@ async fn the_api_server_rejects_bad_specs() {
         "../../4ca46bf1-5c61-48ff-b4f3-0ad4e5e3",
     ] {
         let err = s
-            .create("bad", spec(bad, SECRET, CLOUD))
+            .create_raw("bad", spec(bad, SECRET, CLOUD))
             .await
             .expect_err("rejected");
         assert!(
@@ -534,7 +534,7 @@ async fn the_api_server_rejects_bad_specs() {
         );
     }
     let err = s
-        .create(
+        .create_raw(
             "bad",
             json!({"imageId": "4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90"}),
         )
@@ -546,7 +546,10 @@ async fn the_api_server_rejects_bad_specs() {
     );
     let mut sp = spec("4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90", SECRET, CLOUD);
     sp["deletionPolicy"] = json!("Orphan");
-    assert!(s.create("bad", sp).await.is_err(), "unknown deletionPolicy");
+    assert!(
+        s.create_raw("bad", sp).await.is_err(),
+        "unknown deletionPolicy"
+    );
 
     s.create(
         "good",

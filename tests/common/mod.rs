@@ -17,6 +17,7 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::{ApiResource, DynamicObject};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
@@ -252,6 +253,22 @@ impl Scope {
         self.cimgs().create(&PostParams::default(), &obj).await
     }
 
+    /// Posts a CloudImage as raw JSON, bypassing the Rust types (for invalid specs).
+    pub async fn create_raw(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> Result<DynamicObject, kube::Error> {
+        let ar = ApiResource::erase::<CloudImage>(&());
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.ns, &ar);
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "cloudimage.dev/v1alpha1", "kind": "CloudImage",
+            "metadata": {"name": name}, "spec": spec
+        }))
+        .expect("object");
+        api.create(&PostParams::default(), &obj).await
+    }
+
     pub async fn delete(&self, name: &str) {
         self.cimgs()
             .delete(name, &DeleteParams::default())
@@ -368,7 +385,11 @@ impl Scope {
             "--resync-interval",
             "2s",
         ])
-        .args(["--log-level", "cloudimage_operator=debug,info"])
+        .args(if extra.contains(&"--log-level") {
+            vec![]
+        } else {
+            vec!["--log-level", "cloudimage_operator=debug,info"]
+        })
         .args(extra)
         .env_remove("KUBECONFIG")
         .stdin(Stdio::null())
