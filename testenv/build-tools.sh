@@ -71,6 +71,12 @@ build_venv() {
 main() {
   mkdir -p "$CACHE"
   local what="${1:-all}"
+  if [[ "$what" != paths && -z "${CLOUDIMAGE_BUILD_LOCKED:-}" ]]; then
+    # One build at a time per cache: a second caller waits for the first.
+    exec 8>"$CACHE/.build.lock"
+    flock -w 3600 8 || { log "could not take the build lock $CACHE/.build.lock"; exit 1; }
+    export CLOUDIMAGE_BUILD_LOCKED=1
+  fi
   case "$what" in
     kube) build_kube ;;
     etcd) build_etcd ;;

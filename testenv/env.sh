@@ -12,8 +12,7 @@
 # STATE_DIR defaults to ${CLOUDIMAGE_TESTENV_DIR:-$HOME/.cache/cloudimage-testenv/run}.
 # After `up`:  source "$(testenv/env.sh env)"   (exports KUBECONFIG, GLANCE_URL, ...)
 #
-# Knobs (environment): CLOUDIMAGE_TESTENV_BUILD_WAIT (s to wait for a build run by
-# someone else, default 3600), CLOUDIMAGE_TESTENV_SKIP_HELM=1 (do not build helm),
+# Knobs (environment): CLOUDIMAGE_TESTENV_SKIP_HELM=1 (do not build helm),
 # CLOUDIMAGE_TESTENV_ADVERTISE_ADDRESS (passed to kube-apiserver; by default none
 # is passed when the machine has a default route, else the first non-loopback
 # address, else 127.0.0.1).
@@ -238,42 +237,15 @@ write_secret() { # FILE VALUE (mode 600)
 
 # -------------------------------------------------------------- build step ---
 
-# Builds started by someone else (e.g. a `build-tools.sh kube` in the
-# background): wait for them instead of starting a second one.
-BUILD_RE='^(\S*/)?bash \S*build-tools\.sh'
-wait_foreign_builds() {
-  local limit="${CLOUDIMAGE_TESTENV_BUILD_WAIT:-3600}"
-  local deadline=$(( $(now) + limit )) said=0 pids
-  while :; do
-    pids="$(pgrep -f "$BUILD_RE( (all|kube|etcd|venv))?\$" | tr '\n' ' ' || true)"
-    [[ -z "${pids// /}" ]] && return 0
-    if (( said == 0 )); then
-      log "waiting for a build already running (pids ${pids% }); up to ${limit}s"
-      said=1
-    fi
-    (( $(now) >= deadline )) && die "build still running after ${limit}s (pids ${pids% })"
-    sleep 2
-  done
-}
-
 build_tools() {
-  mkdir -p "$CACHE"
-  wait_foreign_builds
-  (
-    flock -w "${CLOUDIMAGE_TESTENV_BUILD_WAIT:-3600}" 8 || die "could not take the build lock"
-    # `build-tools.sh all`, except that helm is optional for `up`: a helm build
-    # running elsewhere is not waited for, and a failed helm build only warns.
-    "$BUILD_TOOLS" venv
-    "$BUILD_TOOLS" etcd
-    "$BUILD_TOOLS" kube
-    if [[ "${CLOUDIMAGE_TESTENV_SKIP_HELM:-0}" == 1 ]]; then
-      :
-    elif pgrep -f "$BUILD_RE helm\$" >/dev/null; then
-      log "a helm build is running elsewhere; not waiting for it (HELM may appear later)"
-    else
-      "$BUILD_TOOLS" helm || log "WARNING: helm build failed; continuing without helm"
-    fi
-  ) 8>"$CACHE/.build.lock"
+  # build-tools.sh serialises builds with a lock in the cache, so two `up`s
+  # never build at once. Helm is optional for `up`: a failed build only warns.
+  "$BUILD_TOOLS" venv
+  "$BUILD_TOOLS" etcd
+  "$BUILD_TOOLS" kube
+  if [[ "${CLOUDIMAGE_TESTENV_SKIP_HELM:-0}" != 1 ]]; then
+    "$BUILD_TOOLS" helm || log "WARNING: helm build failed; continuing without helm"
+  fi
   eval "$("$BUILD_TOOLS" paths)"
   [[ -x "$ETCD_BIN_DIR/etcd" ]] || die "missing $ETCD_BIN_DIR/etcd"
   [[ -x "$KUBE_BIN_DIR/kube-apiserver" ]] || die "missing $KUBE_BIN_DIR/kube-apiserver"

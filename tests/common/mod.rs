@@ -358,6 +358,16 @@ impl Scope {
     /// Starts the operator as a child process watching only this namespace,
     /// with short retry delays so tests finish quickly.
     pub fn start_operator(&self, extra: &[&str]) -> Operator {
+        let kubeconfig = PathBuf::from(self.env.var("KUBECONFIG"));
+        self.start_operator_with_kubeconfig(&kubeconfig, extra)
+    }
+
+    /// Like [`Scope::start_operator`], authenticating with another kubeconfig.
+    pub fn start_operator_with_kubeconfig(
+        &self,
+        kubeconfig: &std::path::Path,
+        extra: &[&str],
+    ) -> Operator {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("operator-logs");
         std::fs::create_dir_all(&dir).expect("log dir");
         let log_path = dir.join(format!("{}.log", self.ns));
@@ -367,35 +377,32 @@ impl Scope {
             .open(&log_path)
             .expect("log file");
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloudimage-operator"));
-        cmd.args([
-            "--kubeconfig",
-            &self.env.var("KUBECONFIG"),
-            "--namespace",
-            &self.ns,
-        ])
-        .args([
-            "--retry-fast",
-            "300ms",
-            "--retry-slow",
-            "1s",
-            "--retry-max",
-            "3s",
-            "--accepted-poll-interval",
-            "500ms",
-            "--resync-interval",
-            "2s",
-        ])
-        .args(if extra.contains(&"--log-level") {
-            vec![]
-        } else {
-            vec!["--log-level", "cloudimage_operator=debug,info"]
-        })
-        .args(extra)
-        .env_remove("KUBECONFIG")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .kill_on_drop(true);
+        cmd.arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--namespace", &self.ns])
+            .args([
+                "--retry-fast",
+                "300ms",
+                "--retry-slow",
+                "1s",
+                "--retry-max",
+                "3s",
+                "--accepted-poll-interval",
+                "500ms",
+                "--resync-interval",
+                "2s",
+            ])
+            .args(if extra.contains(&"--log-level") {
+                vec![]
+            } else {
+                vec!["--log-level", "cloudimage_operator=debug,info"]
+            })
+            .args(extra)
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .kill_on_drop(true);
         let child = cmd.spawn().expect("start the operator");
         Operator { child, log_path }
     }
