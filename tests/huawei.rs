@@ -133,3 +133,38 @@ async fn img_0028_is_protected() {
     s.wait_gone("img", T).await;
     assert!(ims.is_deleted(&id));
 }
+
+#[tokio::test]
+async fn a_401_renews_the_token_once_and_the_deletion_goes_on() {
+    let (s, ims) = ims_scope("hw-401").await;
+    let _op = s.start_operator(&[]);
+    let id = uuid::Uuid::new_v4().to_string();
+    ims.add_image(&id, false, 0);
+    s.create("img", spec(&id, SECRET, CLOUD))
+        .await
+        .expect("create");
+    s.wait_status("img", "Ready=True", T, |st| {
+        reason(st, "Ready").as_deref() == Some("ImageAvailable")
+    })
+    .await;
+    // The token the operator has cached (it carried the GETs) is revoked.
+    ims.revoke_seen_tokens();
+    s.delete("img").await;
+    s.wait_gone("img", T).await;
+    assert!(ims.is_deleted(&id));
+    let tokens = ims.delete_tokens();
+    assert_eq!(
+        tokens.len(),
+        2,
+        "a refused DELETE, then one with a fresh token"
+    );
+    assert_ne!(
+        tokens[0], tokens[1],
+        "the second DELETE carried a new token"
+    );
+    let evs = s.events("img").await;
+    assert!(
+        !evs.iter().any(|e| e.1 == "AuthFailed"),
+        "a single 401 is not a failure: {evs:?}"
+    );
+}

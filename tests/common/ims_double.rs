@@ -37,6 +37,12 @@ pub struct DeleteCall {
 
 #[derive(Default)]
 struct Inner {
+    /// Tokens the double treats as revoked (401 APIGW.0301).
+    revoked: Vec<String>,
+    /// Every token seen (GET and DELETE), in order.
+    tokens: Vec<String>,
+    /// The token of each DELETE, in order.
+    delete_tokens: Vec<String>,
     images: HashMap<String, Image>,
     deletes: Vec<DeleteCall>,
     gets_after_delete: HashMap<String, u32>,
@@ -73,6 +79,9 @@ async fn get_image(
             .into_response();
     }
     let mut g = d.inner.lock().expect("lock");
+    if let Some(t) = headers.get("x-auth-token").and_then(|v| v.to_str().ok()) {
+        g.tokens.push(t.to_owned());
+    }
     let Some(img) = g.images.get_mut(&id) else {
         return ims_error(StatusCode::NOT_FOUND, "IMG.0027", "image not found");
     };
@@ -102,12 +111,22 @@ async fn delete_image(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    if !headers.contains_key("x-auth-token") {
-        return (
-            StatusCode::UNAUTHORIZED,
-            json!({"error_msg": "no token", "error_code": "APIGW.0301"}).to_string(),
-        )
-            .into_response();
+    let token = headers
+        .get("x-auth-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    {
+        let mut g = d.inner.lock().expect("lock");
+        g.tokens.push(token.clone());
+        g.delete_tokens.push(token.clone());
+        if token.is_empty() || g.revoked.contains(&token) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                json!({"error_msg": "token invalid", "error_code": "APIGW.0301"}).to_string(),
+            )
+                .into_response();
+        }
     }
     let content_type = headers
         .get("content-type")
@@ -185,6 +204,18 @@ impl ImsDouble {
         if let Some(i) = self.inner.lock().expect("lock").images.get_mut(id) {
             i.protected = protected;
         }
+    }
+
+    /// Revokes every token seen so far: the next DELETE with one gets 401.
+    pub fn revoke_seen_tokens(&self) {
+        let mut g = self.inner.lock().expect("lock");
+        let seen = g.tokens.clone();
+        g.revoked.extend(seen);
+    }
+
+    /// The token each DELETE carried, in order.
+    pub fn delete_tokens(&self) -> Vec<String> {
+        self.inner.lock().expect("lock").delete_tokens.clone()
     }
 
     pub fn deletes(&self) -> Vec<DeleteCall> {
