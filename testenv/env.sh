@@ -815,14 +815,16 @@ cmd_down() {
 
 # ----------------------------------------------------------------- status ---
 
+# Exits 0 only when every service is running.
 cmd_status() {
-  local dir s pid state
+  local dir s pid state all_up=1
   dir="$(abs_dir "${1:-$DEFAULT_STATE_DIR}")"
   echo "state dir: $dir"
   for s in "${SERVICES[@]}"; do
     pid="$(read_pid "$dir" "$s")"
     if [[ -z "$pid" ]]; then
       state="not running"
+      all_up=0
     elif pid_is_ours "$pid" "$dir"; then
       state="running (pid $pid"
       local kids
@@ -831,6 +833,7 @@ cmd_status() {
       state="$state)"
     else
       state="dead (stale pid $pid)"
+      all_up=0
     fi
     printf '  %-15s %s\n' "$s" "$state"
   done
@@ -847,6 +850,7 @@ cmd_status() {
   else
     echo "  (no env file: not up)"
   fi
+  (( all_up == 1 ))
 }
 
 cmd_env() {

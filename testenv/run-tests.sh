@@ -22,7 +22,8 @@ stop_env() {
 }
 trap stop_env EXIT INT TERM
 
-if "$ENV_SH" status "$STATE_DIR" >/dev/null 2>&1; then
+# CI always stops what it runs on; a developer's running environment is reused.
+if [[ "${CI:-}" != true ]] && "$ENV_SH" status "$STATE_DIR" >/dev/null 2>&1; then
   echo "[run-tests] reusing the running test environment in $STATE_DIR"
 else
   started_here=1
