@@ -141,13 +141,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
             "dry run: no image will be deleted; finalizers of deleted CloudImages are kept until dry run is off"
         );
     }
-    let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
-        client: client.clone(),
-        clouds: ClientPool::default(),
-        failures: Failures::default(),
-        settings,
-    });
+
     let apis: Vec<(String, Api<CloudImage>)> = if args.namespaces.is_empty() {
         vec![("*".into(), Api::all(client.clone()))]
     } else {
@@ -156,9 +150,23 @@ pub async fn run(args: Args) -> Result<(), RunError> {
             .map(|ns| (ns.clone(), Api::namespaced(client.clone(), ns)))
             .collect()
     };
+    let watches: Vec<_> = apis
+        .into_iter()
+        .map(|(scope, api)| {
+            let (reader, writer) = reflector::store();
+            (scope, api, reader, writer)
+        })
+        .collect();
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        clouds: ClientPool::default(),
+        failures: Failures::default(),
+        settings,
+        stores: watches.iter().map(|w| w.2.clone()).collect(),
+    });
     let shutdown = shutdown_signal().shared();
-    let controllers = apis.into_iter().map(|(scope, api)| {
-        let (reader, writer) = reflector::store();
+    let controllers = watches.into_iter().map(|(scope, api, reader, writer)| {
         let stream = watcher(api, watcher::Config::default())
             .default_backoff()
             .reflect(writer)

@@ -43,10 +43,7 @@ async fn delete_backup_is_sent_exactly_as_the_spec_says() {
         .await
         .expect("create");
     for n in ["with-backup", "without-backup"] {
-        s.wait_status(n, "Ready=True", T, |st| {
-            reason(st, "Ready").as_deref() == Some("ImageAvailable")
-        })
-        .await;
+        s.wait_ready(n).await;
         s.delete(n).await;
     }
     s.wait_gone("with-backup", T).await;
@@ -83,15 +80,9 @@ async fn an_accepted_deletion_is_released_only_after_get_says_404() {
     s.create("img", spec(&id, SECRET, CLOUD))
         .await
         .expect("create");
-    s.wait_status("img", "Ready=True", T, |st| {
-        reason(st, "Ready").as_deref() == Some("ImageAvailable")
-    })
-    .await;
+    s.wait_ready("img").await;
     s.delete("img").await;
-    s.wait_status("img", "DeletionAccepted", T, |st| {
-        reason(st, "Deleting").as_deref() == Some("DeletionAccepted")
-    })
-    .await;
+    s.wait_reason("img", "Deleting", "DeletionAccepted").await;
     assert!(ims.is_deleted(&id), "the DELETE was accepted");
     s.wait_gone("img", T).await;
     assert_eq!(
@@ -111,10 +102,7 @@ async fn img_0028_is_protected() {
     s.create("img", spec(&id, SECRET, CLOUD))
         .await
         .expect("create");
-    s.wait_status("img", "Ready=True", T, |st| {
-        reason(st, "Ready").as_deref() == Some("ImageAvailable")
-    })
-    .await;
+    s.wait_ready("img").await;
     s.delete("img").await;
     let held = s
         .wait_status("img", "Deleting=Protected", T, |st| {
@@ -143,10 +131,7 @@ async fn a_401_renews_the_token_once_and_the_deletion_goes_on() {
     s.create("img", spec(&id, SECRET, CLOUD))
         .await
         .expect("create");
-    s.wait_status("img", "Ready=True", T, |st| {
-        reason(st, "Ready").as_deref() == Some("ImageAvailable")
-    })
-    .await;
+    s.wait_ready("img").await;
     // The token the operator has cached (it carried the GETs) is revoked.
     ims.revoke_seen_tokens();
     s.delete("img").await;

@@ -152,10 +152,7 @@ async fn glance_down_during_deletion_is_retried_across_an_operator_restart() {
     s.create("img", spec(&id, SECRET, CLOUD))
         .await
         .expect("create");
-    s.wait_status("img", "Ready=True", T, |st| {
-        reason(st, "Ready").as_deref() == Some("ImageAvailable")
-    })
-    .await;
+    s.wait_ready("img").await;
 
     relay.cut().await;
     s.delete("img").await;
@@ -201,10 +198,7 @@ async fn an_image_deleted_out_of_band_is_reported_then_released() {
     s.create("img", spec(&id, SECRET, CLOUD))
         .await
         .expect("create");
-    s.wait_status("img", "Ready=True", T, |st| {
-        reason(st, "Ready").as_deref() == Some("ImageAvailable")
-    })
-    .await;
+    s.wait_ready("img").await;
 
     assert_eq!(
         g.delete_raw(&id, Some(&g.token)).await,
@@ -236,10 +230,7 @@ async fn retain_leaves_the_image_and_releases_the_object() {
     let mut sp = spec(&id, SECRET, CLOUD);
     sp["deletionPolicy"] = json!("Retain");
     s.create("img", sp).await.expect("create");
-    s.wait_status("img", "Ready=True", T, |st| {
-        reason(st, "Ready").as_deref() == Some("ImageAvailable")
-    })
-    .await;
+    s.wait_ready("img").await;
     s.delete("img").await;
     s.wait_gone("img", T).await;
     assert!(g.exists(&id).await, "Retain never touches the image");
@@ -259,10 +250,7 @@ async fn another_projects_private_image_is_invisible_and_never_deleted() {
     s.create("img", spec(&id, SECRET, CLOUD))
         .await
         .expect("create");
-    s.wait_status("img", "Ready=False ImageNotFound", T, |st| {
-        reason(st, "Ready").as_deref() == Some("ImageNotFound")
-    })
-    .await;
+    s.wait_reason("img", "Ready", "ImageNotFound").await;
 
     s.delete("img").await;
     s.wait_gone("img", T).await;
@@ -294,10 +282,7 @@ async fn another_projects_public_image_is_forbidden() {
     s.create("img", spec(&id, SECRET, CLOUD))
         .await
         .expect("create");
-    s.wait_status("img", "Ready=True", T, |st| {
-        reason(st, "Ready").as_deref() == Some("ImageAvailable")
-    })
-    .await;
+    s.wait_ready("img").await;
     s.delete("img").await;
     let held = s
         .wait_status("img", "Deleting=Forbidden", T, |st| {
@@ -341,10 +326,7 @@ async fn broken_credentials_hold_the_object_until_fixed() {
             .contains("does not exist")
     );
     s.delete("img").await;
-    s.wait_status("img", "Deleting=CredentialsMissing", T, |st| {
-        reason(st, "Deleting").as_deref() == Some("CredentialsMissing")
-    })
-    .await;
+    s.wait_reason("img", "Deleting", "CredentialsMissing").await;
 
     // The Secret exists but names another cloud.
     s.put_secret(SECRET, &s.env.clouds_yaml("elsewhere", "demo", json!({})))
@@ -360,10 +342,7 @@ async fn broken_credentials_hold_the_object_until_fixed() {
 
     // Unreadable YAML.
     s.put_secret(SECRET, "clouds: [this is not: valid").await;
-    s.wait_status("img", "CredentialsInvalid", T, |st| {
-        reason(st, "Deleting").as_deref() == Some("CredentialsInvalid")
-    })
-    .await;
+    s.wait_reason("img", "Deleting", "CredentialsInvalid").await;
 
     // A wrong password.
     let wrong = s
@@ -371,10 +350,7 @@ async fn broken_credentials_hold_the_object_until_fixed() {
         .clouds_yaml(CLOUD, "demo", json!({}))
         .replace(&s.env.password("demo"), "wrong-password-123");
     s.put_secret(SECRET, &wrong).await;
-    s.wait_status("img", "AuthFailed", T, |st| {
-        reason(st, "Deleting").as_deref() == Some("AuthFailed")
-    })
-    .await;
+    s.wait_reason("img", "Deleting", "AuthFailed").await;
     assert!(
         g.exists(&id).await,
         "nothing is deleted with broken credentials"
@@ -404,17 +380,11 @@ async fn secrets_never_reach_status_events_or_logs() {
     s.create("img", spec(&id, SECRET, CLOUD))
         .await
         .expect("create");
-    s.wait_status("img", "AuthFailed", T, |st| {
-        reason(st, "Ready").as_deref() == Some("AuthFailed")
-    })
-    .await;
+    s.wait_reason("img", "Ready", "AuthFailed").await;
     // A right password now, so real tokens go over the wire too.
     s.put_secret(SECRET, &s.env.clouds_yaml(CLOUD, "demo", json!({})))
         .await;
-    s.wait_status("img", "Ready=True", T, |st| {
-        reason(st, "Ready").as_deref() == Some("ImageAvailable")
-    })
-    .await;
+    s.wait_ready("img").await;
     s.delete("img").await;
     s.wait_gone("img", T).await;
 
@@ -443,20 +413,15 @@ async fn other_finalizers_go_first() {
     s.create("img", spec(&id, SECRET, CLOUD))
         .await
         .expect("create");
-    s.wait_status("img", "Ready=True", T, |st| {
-        reason(st, "Ready").as_deref() == Some("ImageAvailable")
-    })
-    .await;
+    s.wait_ready("img").await;
     let with_other = json!({"metadata": {"finalizers": ["cloudimage.dev/delete-image", "example.com/backup-first"]}});
     s.cimgs()
         .patch("img", &PatchParams::default(), &Patch::Merge(&with_other))
         .await
         .expect("add finalizer");
     s.delete("img").await;
-    s.wait_status("img", "WaitingForFinalizers", T, |st| {
-        reason(st, "Deleting").as_deref() == Some("WaitingForFinalizers")
-    })
-    .await;
+    s.wait_reason("img", "Deleting", "WaitingForFinalizers")
+        .await;
     assert!(
         g.exists(&id).await,
         "the image waits for the other finalizer"
@@ -478,15 +443,9 @@ async fn dry_run_reports_and_deletes_nothing() {
     s.create("img", spec(&id, SECRET, CLOUD))
         .await
         .expect("create");
-    s.wait_status("img", "Ready=True", T, |st| {
-        reason(st, "Ready").as_deref() == Some("ImageAvailable")
-    })
-    .await;
+    s.wait_ready("img").await;
     s.delete("img").await;
-    s.wait_status("img", "Deleting=DryRun", T, |st| {
-        reason(st, "Deleting").as_deref() == Some("DryRun")
-    })
-    .await;
+    s.wait_reason("img", "Deleting", "DryRun").await;
     s.wait_event("img", "DryRun", T).await;
     assert!(g.exists(&id).await, "dry run never deletes");
     op.terminate().await;
@@ -504,10 +463,7 @@ async fn delete_backup_on_openstack_warns_and_deletes_without_a_body() {
     let mut sp = spec(&id, SECRET, CLOUD);
     sp["deleteBackup"] = json!(true);
     s.create("img", sp).await.expect("create");
-    s.wait_status("img", "Ready=True", T, |st| {
-        reason(st, "Ready").as_deref() == Some("ImageAvailable")
-    })
-    .await;
+    s.wait_ready("img").await;
     s.delete("img").await;
     // Glance would answer 400 and keep the image if a body were sent.
     s.wait_gone("img", T).await;
@@ -580,4 +536,32 @@ async fn sigterm_stops_the_operator_cleanly() {
     .await;
     let status = op.terminate().await;
     assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn an_image_claimed_twice_is_deleted_with_the_last_claim() {
+    let (s, g) = demo_scope("twoclaims").await;
+    let _op = s.start_operator(&[]);
+    let id = g.create_image("shared", "private").await;
+    s.create("first", spec(&id, SECRET, CLOUD))
+        .await
+        .expect("create");
+    s.create("second", spec(&id, SECRET, CLOUD))
+        .await
+        .expect("create");
+    s.wait_ready("first").await;
+    s.wait_ready("second").await;
+
+    s.delete("first").await;
+    s.wait_gone("first", T).await;
+    let ev = s.wait_event("first", "ImageStillClaimed", T).await;
+    assert!(ev.2.contains("/second"), "names the other claim: {}", ev.2);
+    assert!(
+        g.exists(&id).await,
+        "the image another CloudImage claims stays"
+    );
+
+    s.delete("second").await;
+    s.wait_gone("second", T).await;
+    assert!(!g.exists(&id).await, "the last claim deletes it");
 }

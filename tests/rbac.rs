@@ -11,7 +11,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use common::glance::Glance;
-use common::{Scope, T, reason, spec};
+use common::{Scope, T, spec};
 
 /// Applies every document of a manifest file with server-side apply.
 async fn apply_manifest(client: &kube::Client, path: &str) {
@@ -86,10 +86,7 @@ async fn the_operator_works_with_only_its_rbac() {
     s.create("img", spec(&id, "creds", "c"))
         .await
         .expect("create");
-    s.wait_status("img", "Ready=True", T, |st| {
-        reason(st, "Ready").as_deref() == Some("ImageAvailable")
-    })
-    .await;
+    s.wait_ready("img").await;
     s.delete("img").await;
     s.wait_gone("img", T).await;
     assert!(!g.exists(&id).await);

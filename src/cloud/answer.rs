@@ -160,6 +160,33 @@ fn strip_tags(html: &str) -> String {
     out
 }
 
+/// Reads a response into an [`Answer`] (status, request id, Retry-After,
+/// body) and hands back its headers for anything else the caller needs.
+pub async fn read_answer(
+    resp: reqwest::Response,
+) -> Result<(Answer, reqwest::header::HeaderMap), reqwest::Error> {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let request_id = header("x-openstack-request-id").or_else(|| header("x-request-id"));
+    let retry_after = parse_retry_after(header("retry-after").as_deref());
+    let body = resp.text().await?;
+    Ok((
+        Answer {
+            status,
+            body,
+            request_id,
+            retry_after,
+        },
+        headers,
+    ))
+}
+
 /// Parses `Retry-After` given in seconds (HTTP dates are not used by these clouds).
 pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
     value?.trim().parse::<u64>().ok().map(Duration::from_secs)

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tracing::{Instrument, debug, info_span};
 
-use super::answer::{Answer, classify_delete, classify_failure, parse_retry_after};
+use super::answer::{Answer, classify_delete, classify_failure, read_answer};
 use super::clouds_yaml::CloudConfig;
 use super::error::describe_transport;
 use super::keystone::{self, Session};
@@ -136,31 +136,16 @@ impl HttpImageService {
                 .send()
                 .await
                 .map_err(|e| CloudError::new(ErrorKind::Unavailable, describe_transport(&e)))?;
-            let status = resp.status().as_u16();
-            let header = |n: &str| {
-                resp.headers()
-                    .get(n)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            };
-            let request_id = header("x-openstack-request-id").or_else(|| header("x-request-id"));
-            let retry_after = parse_retry_after(header("retry-after").as_deref());
-            let span = tracing::Span::current();
-            span.record("status", status);
-            if let Some(r) = &request_id {
-                span.record("request_id", r.as_str());
-            }
-            let body = resp
-                .text()
+            let (answer, _) = read_answer(resp)
                 .await
                 .map_err(|e| CloudError::new(ErrorKind::Unavailable, describe_transport(&e)))?;
+            let span = tracing::Span::current();
+            span.record("status", answer.status);
+            if let Some(r) = &answer.request_id {
+                span.record("request_id", r.as_str());
+            }
             debug!("answered");
-            Ok(Answer {
-                status,
-                body,
-                request_id,
-                retry_after,
-            })
+            Ok(answer)
         }
         .instrument(span)
         .await

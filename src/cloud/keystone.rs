@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::answer::{Answer, classify_failure, parse_retry_after};
+use super::answer::{classify_failure, read_answer};
 use super::clouds_yaml::{CloudConfig, NameOrId};
 use super::error::describe_transport;
 use super::{CloudError, ErrorKind};
@@ -187,29 +187,19 @@ pub async fn authenticate(
                 format!("Keystone: {}", describe_transport(&e)),
             )
         })?;
-    let status = resp.status().as_u16();
-    let header = |n: &str| {
-        resp.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let request_id = header("x-openstack-request-id").or_else(|| header("x-request-id"));
-    let retry_after = parse_retry_after(header("retry-after").as_deref());
-    let token = header("x-subject-token");
-    let body = resp.text().await.map_err(|e| {
+    let (answer, headers) = read_answer(resp).await.map_err(|e| {
         CloudError::new(
             ErrorKind::Unavailable,
             format!("Keystone: {}", describe_transport(&e)),
         )
     })?;
+    let status = answer.status;
+    let token = headers
+        .get("x-subject-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     if status != 201 && status != 200 {
-        let mut err = classify_failure(&Answer {
-            status,
-            body,
-            request_id,
-            retry_after,
-        });
+        let mut err = classify_failure(&answer);
         err.message = format!("Keystone refused the credentials: {}", err.message);
         if status == 401 || status == 403 || status == 404 {
             // 404 here means an unknown user, project or domain.
@@ -223,7 +213,7 @@ pub async fn authenticate(
             "Keystone answered without an X-Subject-Token header",
         )
     })?;
-    let parsed: TokenBody = serde_json::from_str(&body).map_err(|e| {
+    let parsed: TokenBody = serde_json::from_str(&answer.body).map_err(|e| {
         CloudError::new(
             ErrorKind::Unavailable,
             format!("Keystone token body unreadable: {e}"),

@@ -122,6 +122,19 @@ async fn decide_step(
     if !others.is_empty() {
         return Ok(Outcome::Step(DeletionStep::WaitingForFinalizers(others)));
     }
+    // Another CloudImage still claims this image: it is not ours alone to
+    // delete. Release this object and leave the image to the other claim.
+    let claims = ctx.other_claims(obj).await;
+    if !claims.is_empty() {
+        return Ok(Outcome::Release {
+            type_: EventType::Normal,
+            reason: "ImageStillClaimed",
+            note: format!(
+                "image {id} was not deleted: it is still claimed by CloudImage {}",
+                claims.join(", ")
+            ),
+        });
+    }
     let cloud = match cloud_for(obj, ctx).await? {
         Ok(c) => c,
         Err(problem) => {

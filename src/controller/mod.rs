@@ -12,6 +12,7 @@ pub mod reconcile;
 
 use std::time::Duration;
 
+use kube::ResourceExt;
 use kube::runtime::events::Recorder;
 
 use crate::cloud::pool::ClientPool;
@@ -47,6 +48,8 @@ pub struct Context {
     pub clouds: ClientPool,
     pub failures: Failures,
     pub settings: Settings,
+    /// The caches of all watched CloudImages, to find other claims on an image.
+    pub stores: Vec<kube::runtime::reflector::Store<crate::crd::CloudImage>>,
 }
 
 /// Failures of the Kubernetes side of a reconcile (cloud failures are not
@@ -72,5 +75,32 @@ impl Error {
             Error::PatchStatus(_) => "PatchStatus",
             Error::ReadCredentials(_) => "ReadCredentials",
         }
+    }
+}
+
+impl Context {
+    /// Other CloudImages, not being deleted themselves, that claim the same
+    /// image id as `obj`, as `namespace/name`. Waits (briefly) for the caches
+    /// to be filled so that a claim is not missed just after a start.
+    pub async fn other_claims(&self, obj: &crate::crd::CloudImage) -> Vec<String> {
+        let mut claims = Vec::new();
+        for store in &self.stores {
+            let _ = tokio::time::timeout(Duration::from_secs(30), store.wait_until_ready()).await;
+            for other in store.state() {
+                if other.spec.image_id == obj.spec.image_id
+                    && other.uid() != obj.uid()
+                    && other.metadata.deletion_timestamp.is_none()
+                {
+                    claims.push(format!(
+                        "{}/{}",
+                        other.namespace().unwrap_or_default(),
+                        other.name_any()
+                    ));
+                }
+            }
+        }
+        claims.sort();
+        claims.dedup();
+        claims
     }
 }

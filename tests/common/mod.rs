@@ -301,6 +301,19 @@ impl Scope {
         .await
     }
 
+    /// Waits until `Ready` is True with reason `ImageAvailable`.
+    pub async fn wait_ready(&self, name: &str) -> CloudImage {
+        self.wait_reason(name, "Ready", "ImageAvailable").await
+    }
+
+    /// Waits until the condition `type_` has `reason`.
+    pub async fn wait_reason(&self, name: &str, type_: &str, want: &str) -> CloudImage {
+        self.wait_status(name, &format!("{type_}={want}"), T, |st| {
+            reason(st, type_).as_deref() == Some(want)
+        })
+        .await
+    }
+
     pub async fn wait_gone(&self, name: &str, deadline: Duration) {
         wait_for(
             &format!("CloudImage {name} to be gone from the API"),
