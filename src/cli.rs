@@ -53,6 +53,10 @@ pub struct Args {
     #[arg(long, env = "CLOUDIMAGE_DRY_RUN")]
     pub dry_run: bool,
 
+    /// Address of the admin endpoints (/livez, /readyz, /metrics). Port 0 picks a free one.
+    #[arg(long, env = "CLOUDIMAGE_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: std::net::SocketAddr,
+
     /// Log format.
     #[arg(long, env = "CLOUDIMAGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -1,5 +1,6 @@
 //! cloudimage-operator: deletes a cloud VM image when its CloudImage is deleted.
 
+pub mod admin;
 pub mod cli;
 pub mod cloud;
 pub mod controller;

@@ -13,6 +13,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{error, info, warn};
 
+use crate::admin::Metrics;
 use crate::cli::{Args, LogFormat};
 use crate::cloud::pool::ClientPool;
 use crate::controller::backoff::{BackoffConfig, Failures};
@@ -34,6 +35,8 @@ pub enum RunError {
     CrdMissing,
     #[error("cannot list CloudImages (check the operator's RBAC): {0}")]
     ListCloudImages(#[source] kube::Error),
+    #[error("cannot listen on --admin-addr {0}: {1}")]
+    Admin(std::net::SocketAddr, #[source] std::io::Error),
     #[error("invalid --log-level: {0}")]
     LogFilter(String),
 }
@@ -164,8 +167,18 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         failures: Failures::default(),
         settings,
         stores: watches.iter().map(|w| w.2.clone()).collect(),
+        metrics: Arc::new(Metrics::default()),
     });
     let shutdown = shutdown_signal().shared();
+    let admin = crate::admin::serve(
+        args.admin_addr,
+        ctx.metrics.clone(),
+        ctx.stores.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| RunError::Admin(args.admin_addr, e))?;
+    info!(%admin, "admin endpoints (/livez, /readyz, /metrics) listening");
     let controllers = watches.into_iter().map(|(scope, api, reader, writer)| {
         let stream = watcher(api, watcher::Config::default())
             .default_backoff()

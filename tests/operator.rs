@@ -523,17 +523,49 @@ async fn the_api_server_rejects_bad_specs() {
 }
 
 #[tokio::test]
-async fn sigterm_stops_the_operator_cleanly() {
-    let (s, _) = demo_scope("sigterm").await;
+async fn probes_and_metrics_answer_and_sigterm_stops_cleanly() {
+    let (s, g) = demo_scope("admin").await;
     let op = s.start_operator(&[]);
-    common::wait_for("the operator to start watching", T, || async {
-        if op.log().contains("watching CloudImages") {
-            Ok(())
-        } else {
-            Err(op.log())
+    // The admin address (port 0 = a free one) is in the log.
+    let addr = common::wait_for("the admin endpoints to listen", T, || async {
+        let log = op.log();
+        log.lines()
+            .find(|l| l.contains("admin endpoints"))
+            .and_then(|l| l.split("admin=").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_owned)
+            .ok_or(log)
+    })
+    .await;
+    let get = |path: &'static str| {
+        let url = format!("http://{addr}{path}");
+        async move {
+            let r = reqwest::get(url).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((r.status().as_u16(), r.text().await.unwrap_or_default()))
+        }
+    };
+    assert_eq!(get("/livez").await, Ok((200, "ok\n".into())));
+    common::wait_for("/readyz to answer 200", T, || async {
+        match get("/readyz").await {
+            Ok((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
         }
     })
     .await;
+    let id = g.create_image("metrics", "private").await;
+    s.create("img", spec(&id, SECRET, CLOUD))
+        .await
+        .expect("create");
+    s.wait_ready("img").await;
+    s.delete("img").await;
+    s.wait_gone("img", T).await;
+    let (code, text) = get("/metrics").await.expect("metrics");
+    assert_eq!(code, 200);
+    assert!(
+        text.contains("cloudimage_images_deleted_total 1\n"),
+        "{text}"
+    );
+
     let status = op.terminate().await;
     assert!(status.success(), "exit status {status:?}");
 }

@@ -44,11 +44,15 @@ pub async fn cleanup(
                 .await
                 .map_err(Error::ReleaseFinalizer)?;
             ctx.failures.reset(&object_key(obj));
+            if reason == "ImageDeleted" {
+                ctx.metrics.image_deleted();
+            }
             info!(reason, "finalizer released");
             kube_io::publish(&ctx.recorder, obj, type_, reason, "DeleteImage", note).await;
             Ok(Action::await_change())
         }
         Outcome::Step(step) => {
+            ctx.metrics.problem("cleanup", step.reason());
             let next = decide::deleting_status(
                 &prev,
                 obj.metadata.generation,

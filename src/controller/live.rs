@@ -72,6 +72,7 @@ pub async fn observe(
             Ok(Action::requeue(ctx.settings.resync))
         }
         Err(p) => {
+            ctx.metrics.problem("live", p.reason);
             info!(reason = p.reason, "image check failed");
             Ok(retry(ctx, obj, p))
         }

@@ -50,6 +50,7 @@ pub struct Context {
     pub settings: Settings,
     /// The caches of all watched CloudImages, to find other claims on an image.
     pub stores: Vec<kube::runtime::reflector::Store<crate::crd::CloudImage>>,
+    pub metrics: std::sync::Arc<crate::admin::Metrics>,
 }
 
 /// Failures of the Kubernetes side of a reconcile (cloud failures are not

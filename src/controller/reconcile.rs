@@ -31,6 +31,7 @@ pub async fn reconcile(obj: Arc<CloudImage>, ctx: Arc<Context>) -> Result<Action
         name = %obj.name_any(),
         image_id = %obj.spec.image_id
     );
+    ctx.metrics.reconciled();
     dispatch(obj, ctx).instrument(span).await
 }
 

@@ -404,6 +404,8 @@ impl Scope {
                 "500ms",
                 "--resync-interval",
                 "2s",
+                "--admin-addr",
+                "127.0.0.1:0",
             ])
             .args(if extra.contains(&"--log-level") {
                 vec![]
