@@ -168,6 +168,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         settings,
         stores: watches.iter().map(|w| w.2.clone()).collect(),
         metrics: Arc::new(Metrics::default()),
+        accepted: Failures::default(),
     });
     let shutdown = shutdown_signal().shared();
     let admin = crate::admin::serve(

@@ -363,10 +363,16 @@ EOF
 # fails on a non-2xx answer.
 ks_api() {
   local method="$1" path="$2" body="${3:-}" out code
-  local args=(-s -m 30 -X "$method" -H "X-Auth-Token: $KS_ADMIN_TOKEN" -H 'Content-Type: application/json'
-              -w '\n%{http_code}')
-  [[ -n "$body" ]] && args+=(-d "$body")
-  out="$(curl "${args[@]}" "$KEYSTONE_URL$path")" || { log "keystone $method $path: curl failed"; return 1; }
+  # Token and body go through stdin/files, never argv (visible in `ps`).
+  local args=(-s -m 30 -X "$method" -H @- -w '\n%{http_code}')
+  local hdrs
+  hdrs="$(printf 'X-Auth-Token: %s\nContent-Type: application/json\n' "$KS_ADMIN_TOKEN")"
+  if [[ -n "$body" ]]; then
+    out="$(curl "${args[@]}" --data-binary @<(printf '%s' "$body") "$KEYSTONE_URL$path" <<<"$hdrs")" \
+      || { log "keystone $method $path: curl failed"; return 1; }
+  else
+    out="$(curl "${args[@]}" "$KEYSTONE_URL$path" <<<"$hdrs")" || { log "keystone $method $path: curl failed"; return 1; }
+  fi
   code="${out##*$'\n'}"
   out="${out%$'\n'*}"
   if [[ "$code" != 2?? ]]; then
@@ -378,8 +384,8 @@ ks_api() {
 
 ks_token() { # USER PASSWORD PROJECT -> token (scoped to PROJECT in domain Default)
   local body
-  body="$(jq -nc --arg u "$1" --arg p "$2" --arg pr "$3" '{auth:{identity:{methods:["password"],password:{user:{name:$u,domain:{id:"default"},password:$p}}},scope:{project:{name:$pr,domain:{id:"default"}}}}}')"
-  { curl -s -m 30 -o /dev/null -D - -H 'Content-Type: application/json' -d "$body" "$KEYSTONE_URL/auth/tokens" || true; } \
+  body="$(PW="$2" jq -nc --arg u "$1" --arg pr "$3" '{auth:{identity:{methods:["password"],password:{user:{name:$u,domain:{id:"default"},password:$ENV.PW}}},scope:{project:{name:$pr,domain:{id:"default"}}}}}')"
+  { curl -s -m 30 -o /dev/null -D - -H 'Content-Type: application/json' --data-binary @- "$KEYSTONE_URL/auth/tokens" <<<"$body" || true; } \
     | awk 'tolower($1)=="x-subject-token:" {gsub(/\r/,"",$2); print $2}'
 }
 
@@ -409,9 +415,9 @@ ks_ensure_user() { # NAME PASSWORD PROJECT_ID -> id
   local id
   id="$(ks_id /users users "$1")"
   if [[ -z "$id" ]]; then
-    id="$(ks_api POST /users "$(jq -nc --arg n "$1" --arg p "$2" --arg pr "$3" '{user:{name:$n,password:$p,domain_id:"default",default_project_id:$pr,enabled:true}}')" | jq -r .user.id)"
+    id="$(ks_api POST /users "$(PW="$2" jq -nc --arg n "$1" --arg pr "$3" '{user:{name:$n,password:$ENV.PW,domain_id:"default",default_project_id:$pr,enabled:true}}')" | jq -r .user.id)"
   else
-    ks_api PATCH "/users/$id" "$(jq -nc --arg p "$2" '{user:{password:$p}}')" >/dev/null
+    ks_api PATCH "/users/$id" "$(PW="$2" jq -nc '{user:{password:$ENV.PW}}')" >/dev/null
   fi
   printf '%s' "$id"
 }

@@ -32,9 +32,11 @@ k create namespace "$NS" --dry-run=client -o yaml | k apply -f -
 k -n "$NS" create secret generic openstack-creds --from-file=clouds.yaml="$OS_CLOUDS_YAML" --dry-run=client -o yaml | k apply -f -
 
 step "Creating an image in Glance as user 'demo'"
-TOKEN="$(curl -sf -m 10 -D - -o /dev/null -H 'Content-Type: application/json' \
-  -d "{\"auth\":{\"identity\":{\"methods\":[\"password\"],\"password\":{\"user\":{\"name\":\"demo\",\"domain\":{\"name\":\"Default\"},\"password\":\"$CLOUDIMAGE_TEST_DEMO_PASSWORD\"}}},\"scope\":{\"project\":{\"name\":\"demo\",\"domain\":{\"name\":\"Default\"}}}}}" \
-  "$KEYSTONE_URL/auth/tokens" | awk 'tolower($1)=="x-subject-token:" {print $2}' | tr -d '\r')"
+# The request body holds the password: it goes through stdin, not argv.
+TOKEN="$(PW="$CLOUDIMAGE_TEST_DEMO_PASSWORD" jq -nc \
+    '{auth:{identity:{methods:["password"],password:{user:{name:"demo",domain:{name:"Default"},password:$ENV.PW}}},scope:{project:{name:"demo",domain:{name:"Default"}}}}}' |
+  curl -sf -m 10 -D - -o /dev/null -H 'Content-Type: application/json' --data-binary @- "$KEYSTONE_URL/auth/tokens" |
+  awk 'tolower($1)=="x-subject-token:" {print $2}' | tr -d '\r')"
 IMAGE_ID="$(curl -sf -m 10 -X POST -H "X-Auth-Token: $TOKEN" -H 'Content-Type: application/json' \
   -d '{"name":"sandbox-golden","disk_format":"raw","container_format":"bare"}' "$GLANCE_URL/v2/images" | jq -r .id)"
 curl -sf -m 10 -X PUT -H "X-Auth-Token: $TOKEN" -H 'Content-Type: application/octet-stream' --data-binary 'not really a disk' \
@@ -43,7 +45,7 @@ glance_status() { curl -s -m 10 -o /dev/null -w '%{http_code}' -H "X-Auth-Token:
 echo "image $IMAGE_ID: GET answers $(glance_status)"
 
 step "Starting the operator (log: $STATE_DIR/logs/sandbox-operator.log)"
-target/debug/cloudimage-operator --kubeconfig "$KUBECONFIG" --namespace "$NS" >"$STATE_DIR/logs/sandbox-operator.log" 2>&1 &
+target/debug/cloudimage-operator --kubeconfig "$KUBECONFIG" --namespace "$NS" --admin-addr 127.0.0.1:0 >"$STATE_DIR/logs/sandbox-operator.log" 2>&1 &
 OPERATOR_PID=$!
 trap 'kill "$OPERATOR_PID" 2>/dev/null || true; wait "$OPERATOR_PID" 2>/dev/null || true' EXIT
 

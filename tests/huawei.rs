@@ -153,3 +153,49 @@ async fn a_401_renews_the_token_once_and_the_deletion_goes_on() {
         "a single 401 is not a failure: {evs:?}"
     );
 }
+
+#[tokio::test]
+async fn secrets_never_reach_status_events_or_logs() {
+    // The IMS double records every token the operator sends, so the check
+    // covers the operator's own tokens, not just the test's.
+    let (s, ims) = ims_scope("noleak").await;
+    let canary = "Leak-Canary-0b7f3e";
+    let extra = json!({"profile": "huaweicloud", "image_endpoint_override": ims.url()});
+    let wrong = s
+        .env
+        .clouds_yaml(CLOUD, "demo", extra.clone())
+        .replace(&s.env.password("demo"), canary);
+    s.put_secret(SECRET, &wrong).await;
+    let op = s.start_operator(&["--log-level", "trace"]);
+    let id = uuid::Uuid::new_v4().to_string();
+    ims.add_image(&id, false, 3);
+    s.create("img", spec(&id, SECRET, CLOUD))
+        .await
+        .expect("create");
+    let failed = s.wait_reason("img", "Ready", "AuthFailed").await;
+    // The right password now, so real tokens go over the wire.
+    s.put_secret(SECRET, &s.env.clouds_yaml(CLOUD, "demo", extra))
+        .await;
+    let ready = s.wait_ready("img").await;
+    s.delete("img").await;
+    let deleting = s.wait_reason("img", "Deleting", "DeletionAccepted").await;
+    s.wait_gone("img", T).await;
+
+    let tokens: Vec<String> = ims.tokens();
+    assert!(!tokens.is_empty(), "the operator sent tokens");
+    let statuses =
+        serde_json::to_string(&[failed.status, ready.status, deleting.status]).expect("json");
+    let everything = format!("{}\n{:?}\n{statuses}", op.log(), s.events("img").await);
+    let mut needles = vec![canary.to_owned(), s.env.password("demo")];
+    needles.extend(tokens);
+    for needle in needles.iter().filter(|n| !n.is_empty()) {
+        assert!(
+            !everything.contains(needle.as_str()),
+            "a secret leaked into the log, status or Events"
+        );
+    }
+    assert!(
+        op.log().contains("AuthFailed"),
+        "the log does say what happened"
+    );
+}

@@ -20,10 +20,10 @@ pub struct Answer {
 /// Maps the answer to `DELETE /v2/images/{id}`.
 pub fn classify_delete(dialect: Dialect, answer: &Answer) -> Result<Deletion, CloudError> {
     match answer.status {
-        204 | 200 | 202 => Ok(match dialect {
-            Dialect::OpenStack => Deletion::Deleted,
-            Dialect::Huawei => Deletion::Accepted,
-        }),
+        // Only Glance's 204 means "deleted". Any other success (a proxy's
+        // 200, an asynchronous 202) is confirmed with GET before release.
+        204 if dialect == Dialect::OpenStack => Ok(Deletion::Deleted),
+        200..=299 => Ok(Deletion::Accepted),
         404 => Ok(Deletion::AlreadyGone),
         _ => {
             let body = ErrorBody::parse(&answer.body);
@@ -57,6 +57,8 @@ fn classify_error(answer: &Answer, body: ErrorBody) -> CloudError {
         (403, _) => ErrorKind::Forbidden,
         (409, _) => ErrorKind::InUse,
         (429, _) => ErrorKind::Throttled,
+        // Redirects are not followed (they would carry the token elsewhere).
+        (300..=399, _) => ErrorKind::BadRequest,
         (400..=499, _) => ErrorKind::BadRequest,
         _ => ErrorKind::Unavailable,
     };
@@ -66,7 +68,12 @@ fn classify_error(answer: &Answer, body: ErrorBody) -> CloudError {
     } else {
         None
     });
-    let mut message = if body.message.is_empty() {
+    let mut message = if (300..=399).contains(&answer.status) {
+        format!(
+            "HTTP {}: the image endpoint redirects, which the operator does not follow; set image_endpoint_override to the real endpoint",
+            answer.status
+        )
+    } else if body.message.is_empty() {
         format!("HTTP {}", answer.status)
     } else {
         format!("HTTP {}: {}", answer.status, body.message)
@@ -221,6 +228,20 @@ mod tests {
         assert_eq!(
             classify_delete(Dialect::Huawei, &answer(204, "")),
             Ok(Deletion::Accepted)
+        );
+        assert_eq!(
+            classify_delete(Dialect::OpenStack, &answer(200, "")),
+            Ok(Deletion::Accepted),
+            "a 200 from Glance is not a confirmed deletion"
+        );
+        assert_eq!(
+            classify_delete(Dialect::OpenStack, &answer(202, "")),
+            Ok(Deletion::Accepted)
+        );
+        assert_eq!(
+            classify_delete(Dialect::OpenStack, &answer(303, "")).map_err(|e| e.kind),
+            Err(ErrorKind::BadRequest),
+            "a redirect is never success"
         );
         assert_eq!(
             classify_delete(Dialect::OpenStack, &answer(404, "")),

@@ -11,7 +11,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Method;
 use serde::Deserialize;
 use tokio::sync::Mutex;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info, info_span};
 
 use super::answer::{Answer, classify_delete, classify_failure, read_answer};
 use super::clouds_yaml::CloudConfig;
@@ -50,6 +50,9 @@ impl HttpImageService {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
+            // Never follow redirects: X-Auth-Token (and Keystone's password
+            // body on 307/308) would go wherever the redirect points.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("cloudimage-operator/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &cfg.cacert {
             let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|_| {
@@ -144,7 +147,11 @@ impl HttpImageService {
             if let Some(r) = &answer.request_id {
                 span.record("request_id", r.as_str());
             }
-            debug!("answered");
+            info!(
+                status = answer.status,
+                request_id = answer.request_id.as_deref().unwrap_or(""),
+                "cloud answered"
+            );
             Ok(answer)
         }
         .instrument(span)

@@ -213,6 +213,11 @@ pub async fn authenticate(
             "Keystone answered without an X-Subject-Token header",
         )
     })?;
+    tracing::info!(
+        status,
+        request_id = answer.request_id.as_deref().unwrap_or(""),
+        "Keystone issued a token"
+    );
     let parsed: TokenBody = serde_json::from_str(&answer.body).map_err(|e| {
         CloudError::new(
             ErrorKind::Unavailable,

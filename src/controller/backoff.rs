@@ -73,6 +73,16 @@ impl Failures {
         *n
     }
 
+    /// How many in a row so far (0 when none).
+    pub fn count(&self, key: &str) -> u32 {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub fn reset(&self, key: &str) {
         self.counts
             .lock()

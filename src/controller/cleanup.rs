@@ -8,12 +8,16 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use tracing::info;
 
+use super::backoff::Pace;
 use super::conditions::{self, DELETING};
 use super::decide::{self, DeletionStep, Problem};
 use super::reconcile::{cloud_for, object_key, retry};
 use super::{Context, Error, kube_io};
 use crate::cloud::{Deletion, Dialect, Lookup};
 use crate::crd::{CloudImage, CloudImageStatus, DeletionPolicy, FINALIZER};
+
+/// After an accepted deletion, how many GET checks before the DELETE is sent again.
+const RESEND_AFTER_CHECKS: u32 = 20;
 
 /// The end of a cleanup step.
 enum Outcome {
@@ -44,6 +48,7 @@ pub async fn cleanup(
                 .await
                 .map_err(Error::ReleaseFinalizer)?;
             ctx.failures.reset(&object_key(obj));
+            ctx.accepted.reset(&object_key(obj));
             if reason == "ImageDeleted" {
                 ctx.metrics.image_deleted();
             }
@@ -128,7 +133,17 @@ async fn decide_step(
     }
     // Another CloudImage still claims this image: it is not ours alone to
     // delete. Release this object and leave the image to the other claim.
-    let claims = ctx.other_claims(obj).await;
+    let Some(claims) = ctx.other_claims(obj).await else {
+        let problem = Problem::new(
+            "WatchNotSynced",
+            "the operator has not listed every watched namespace yet, so it cannot tell whether another CloudImage claims this image; it will retry",
+            Pace::Fast,
+        );
+        return Ok(Outcome::Step(DeletionStep::Failed {
+            problem,
+            attempted: false,
+        }));
+    };
     if !claims.is_empty() {
         return Ok(Outcome::Release {
             type_: EventType::Normal,
@@ -160,8 +175,20 @@ async fn decide_step(
         });
     }
 
-    // IMS accepted an earlier DELETE: confirm with GET until 404.
-    if conditions::reason(&prev.conditions, DELETING) == Some("DeletionAccepted") {
+    // The cloud accepted an earlier DELETE: confirm with GET until 404. The
+    // acceptance is remembered in memory too, so a watch cache that has not
+    // caught up with the status never causes a second DELETE. Every
+    // RESEND_AFTER_CHECKS checks the DELETE is sent again, in case the
+    // cloud's own deletion failed (a repeated DELETE is harmless).
+    let key = object_key(obj);
+    let accepted = ctx.accepted.count(&key) > 0
+        || conditions::reason(&prev.conditions, DELETING) == Some("DeletionAccepted");
+    if accepted
+        && !ctx
+            .accepted
+            .record(&key)
+            .is_multiple_of(RESEND_AFTER_CHECKS)
+    {
         return Ok(match cloud.get_image(id).await {
             Ok(Lookup::NotFound) => Outcome::Release {
                 type_: EventType::Normal,
@@ -209,10 +236,13 @@ async fn decide_step(
                 "image {id} was not found with these credentials (404), so there was nothing to delete. If it exists in a project these credentials cannot see, it was NOT deleted"
             ),
         },
-        Ok(Deletion::Accepted) => Outcome::Step(DeletionStep::Accepted {
-            image: None,
-            attempted: true,
-        }),
+        Ok(Deletion::Accepted) => {
+            ctx.accepted.record(&key);
+            Outcome::Step(DeletionStep::Accepted {
+                image: None,
+                attempted: true,
+            })
+        }
         Err(e) => failed(e.into(), true),
     })
 }

@@ -51,6 +51,10 @@ pub struct Context {
     /// The caches of all watched CloudImages, to find other claims on an image.
     pub stores: Vec<kube::runtime::reflector::Store<crate::crd::CloudImage>>,
     pub metrics: std::sync::Arc<crate::admin::Metrics>,
+    /// Objects whose DELETE the cloud accepted (IMS), with how many GETs
+    /// have checked since. Kept in memory as well as in status so a stale
+    /// cache never sends a second DELETE; after a restart status is used.
+    pub accepted: backoff::Failures,
 }
 
 /// Failures of the Kubernetes side of a reconcile (cloud failures are not
@@ -81,12 +85,16 @@ impl Error {
 
 impl Context {
     /// Other CloudImages, not being deleted themselves, that claim the same
-    /// image id as `obj`, as `namespace/name`. Waits (briefly) for the caches
-    /// to be filled so that a claim is not missed just after a start.
-    pub async fn other_claims(&self, obj: &crate::crd::CloudImage) -> Vec<String> {
+    /// image id as `obj`, as `namespace/name`. `None` while a watch has not
+    /// listed its CloudImages yet: a claim could be missed, so the caller
+    /// must not delete.
+    pub async fn other_claims(&self, obj: &crate::crd::CloudImage) -> Option<Vec<String>> {
         let mut claims = Vec::new();
         for store in &self.stores {
-            let _ = tokio::time::timeout(Duration::from_secs(30), store.wait_until_ready()).await;
+            tokio::time::timeout(Duration::from_secs(10), store.wait_until_ready())
+                .await
+                .ok()?
+                .ok()?;
             for other in store.state() {
                 if other.spec.image_id == obj.spec.image_id
                     && other.uid() != obj.uid()
@@ -102,6 +110,6 @@ impl Context {
         }
         claims.sort();
         claims.dedup();
-        claims
+        Some(claims)
     }
 }

@@ -213,6 +213,11 @@ impl ImsDouble {
         g.revoked.extend(seen);
     }
 
+    /// Every token the double received (GET and DELETE).
+    pub fn tokens(&self) -> Vec<String> {
+        self.inner.lock().expect("lock").tokens.clone()
+    }
+
     /// The token each DELETE carried, in order.
     pub fn delete_tokens(&self) -> Vec<String> {
         self.inner.lock().expect("lock").delete_tokens.clone()

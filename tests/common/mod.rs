@@ -354,13 +354,24 @@ impl Scope {
         reason: &str,
         deadline: Duration,
     ) -> (String, String, String) {
+        self.wait_event_with(name, reason, "", deadline).await
+    }
+
+    /// Waits for an Event with `reason` whose note contains `text`.
+    pub async fn wait_event_with(
+        &self,
+        name: &str,
+        reason: &str,
+        text: &str,
+        deadline: Duration,
+    ) -> (String, String, String) {
         wait_for(
-            &format!("an Event {reason} about {name}"),
+            &format!("an Event {reason} about {name} saying {text:?}"),
             deadline,
             || async {
                 let evs = self.events(name).await;
                 evs.iter()
-                    .find(|e| e.1 == reason)
+                    .find(|e| e.1 == reason && e.2.contains(text))
                     .cloned()
                     .ok_or_else(|| format!("{evs:?}"))
             },
@@ -418,6 +429,16 @@ impl Scope {
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .kill_on_drop(true);
+        // If the test process dies without running destructors (killed by a
+        // timeout, say), the kernel kills the operator too: nothing outlives CI.
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let child = cmd.spawn().expect("start the operator");
         Operator { child, log_path }
     }
