@@ -68,8 +68,32 @@ build_venv() {
   touch "$VENV/.complete"
 }
 
+# Says plainly what the machine lacks, instead of failing halfway through a build.
+preflight() {
+  local missing=() c
+  for c in go python3 curl jq openssl flock pgrep; do
+    command -v "$c" >/dev/null 2>&1 || missing+=("$c")
+  done
+  if ((${#missing[@]})); then
+    log "missing commands: ${missing[*]} (Debian: apt-get install golang python3-venv curl jq openssl util-linux procps)"
+    exit 1
+  fi
+  local want have
+  want="$(awk '$1=="go" {print $2}' "$HERE/go/kube/go.mod")"
+  have="$(go env GOVERSION | sed 's/^go//')"
+  if [[ "$(printf '%s\n%s\n' "$want" "$have" | sort -V | head -1)" != "$want" ]]; then
+    log "Go $have is older than the $want the pinned modules need (GOTOOLCHAIN=local: no toolchain download)"
+    exit 1
+  fi
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    log "python3 cannot create virtual environments (Debian: apt-get install python3-venv)"
+    exit 1
+  fi
+}
+
 main() {
   mkdir -p "$CACHE"
+  [[ "${1:-all}" == paths ]] || preflight
   local what="${1:-all}"
   if [[ "$what" != paths && -z "${CLOUDIMAGE_BUILD_LOCKED:-}" ]]; then
     # One build at a time per cache: a second caller waits for the first.
