@@ -1,5 +1,11 @@
 //! The reconcile entry point: dispatches on the finalizer state to `live`
 //! (the object exists) or `cleanup` (the object is being deleted).
+//!
+//! This follows `kube::runtime::finalizer` (same four states, same JSON
+//! patches with a `test` op) but does not call it: that helper releases the
+//! finalizer whenever cleanup returns `Ok`, while cleanup here has outcomes
+//! that must keep the finalizer without being errors (IMS accepted the
+//! deletion and is being polled, other finalizers go first, dry run).
 
 use std::sync::Arc;
 
