@@ -181,12 +181,22 @@ mod tests {
 
     #[test]
     fn committed_crd_matches_the_rust_types() {
-        let committed = include_str!("../crds/cloudimage.dev_cloudimages.yaml");
         let generated = crd_yaml().expect("the CRD serialises");
-        assert_eq!(
-            committed, generated,
-            "crds/ is stale: run `cargo run --bin crdgen > crds/cloudimage.dev_cloudimages.yaml`"
-        );
+        for (path, committed) in [
+            (
+                "crds/",
+                include_str!("../crds/cloudimage.dev_cloudimages.yaml"),
+            ),
+            (
+                "charts/cloudimage-operator/crds/",
+                include_str!("../charts/cloudimage-operator/crds/cloudimage.dev_cloudimages.yaml"),
+            ),
+        ] {
+            assert_eq!(
+                committed, generated,
+                "{path} is stale: run `cargo run --bin crdgen > {path}cloudimage.dev_cloudimages.yaml`"
+            );
+        }
     }
 
     #[test]

@@ -34,8 +34,14 @@ echo "[run-tests] cargo fmt --check"
 cargo fmt --all -- --check
 echo "[run-tests] cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
-echo "[run-tests] CRD in crds/ matches the Rust types"
-cargo run --quiet --locked --bin crdgen | diff -u crds/cloudimage.dev_cloudimages.yaml - \
-  || { echo "crds/ is stale: cargo run --bin crdgen > crds/cloudimage.dev_cloudimages.yaml" >&2; exit 1; }
+echo "[run-tests] the CRDs in crds/ and in the chart match the Rust types"
+for f in crds/cloudimage.dev_cloudimages.yaml charts/cloudimage-operator/crds/cloudimage.dev_cloudimages.yaml; do
+  cargo run --quiet --locked --bin crdgen | diff -u "$f" - \
+    || { echo "$f is stale: cargo run --bin crdgen > $f" >&2; exit 1; }
+done
+echo "[run-tests] helm lint"
+# shellcheck disable=SC1090
+HELM_BIN="$(source "$("$ENV_SH" env "$STATE_DIR")" && echo "$HELM")"
+"$HELM_BIN" lint --strict charts/cloudimage-operator
 echo "[run-tests] cargo test"
 cargo test --locked -- --test-threads="${CLOUDIMAGE_TEST_THREADS:-8}"
