@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 use crate::admin::Metrics;
 use crate::cli::{Args, LogFormat};
 use crate::cloud::pool::ClientPool;
-use crate::controller::backoff::{BackoffConfig, Failures};
+use crate::controller::backoff::{BackoffConfig, Counts};
 use crate::controller::reconcile::{error_policy, reconcile};
 use crate::controller::{Context, Settings};
 use crate::crd::CloudImage;
@@ -164,11 +164,11 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         clouds: ClientPool::default(),
-        failures: Failures::default(),
+        failures: Counts::default(),
         settings,
         stores: watches.iter().map(|w| w.2.clone()).collect(),
         metrics: Arc::new(Metrics::default()),
-        accepted: Failures::default(),
+        accepted: Counts::default(),
     });
     let shutdown = shutdown_signal().shared();
     let admin = crate::admin::serve(

@@ -6,7 +6,7 @@ mod common;
 use serde_json::json;
 
 use common::ims_double::ImsDouble;
-use common::{Scope, T, reason, spec};
+use common::{Scope, T, spec};
 
 const CLOUD: &str = "hwcloud";
 const SECRET: &str = "huawei-creds";
@@ -104,11 +104,7 @@ async fn img_0028_is_protected() {
         .expect("create");
     s.wait_ready("img").await;
     s.delete("img").await;
-    let held = s
-        .wait_status("img", "Deleting=Protected", T, |st| {
-            reason(st, "Deleting").as_deref() == Some("Protected")
-        })
-        .await;
+    let held = s.wait_reason("img", "Deleting", "Protected").await;
     let err = held
         .status
         .and_then(|st| st.deletion)

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use common::glance::Glance;
 use common::relay::Relay;
-use common::{Scope, T, condition, reason, spec};
+use common::{Scope, T, condition, spec};
 
 const CLOUD: &str = "testcloud";
 const SECRET: &str = "openstack-creds";
@@ -32,11 +32,7 @@ async fn deleting_a_cloudimage_deletes_its_image_then_releases_the_object() {
         .await
         .expect("create");
 
-    let live = s
-        .wait_status("img", "Ready=True", T, |st| {
-            reason(st, "Ready").as_deref() == Some("ImageAvailable")
-        })
-        .await;
+    let live = s.wait_reason("img", "Ready", "ImageAvailable").await;
     assert!(
         live.metadata
             .finalizers
@@ -80,11 +76,7 @@ async fn a_protected_image_holds_the_object_until_unprotected() {
     .await;
 
     s.delete("img").await;
-    let held = s
-        .wait_status("img", "Deleting=Protected", T, |st| {
-            reason(st, "Deleting").as_deref() == Some("Protected")
-        })
-        .await;
+    let held = s.wait_reason("img", "Deleting", "Protected").await;
     let st = held.status.expect("status");
     let cond = condition(&st, "Deleting").expect("Deleting condition");
     assert_eq!(cond.status, "True");
@@ -154,11 +146,7 @@ async fn glance_down_during_deletion_is_retried_across_an_operator_restart() {
 
     relay.cut().await;
     s.delete("img").await;
-    let held = s
-        .wait_status("img", "Deleting=CloudUnavailable", T, |st| {
-            reason(st, "Deleting").as_deref() == Some("CloudUnavailable")
-        })
-        .await;
+    let held = s.wait_reason("img", "Deleting", "CloudUnavailable").await;
     let msg = condition(held.status.as_ref().expect("status"), "Deleting")
         .expect("cond")
         .message;
@@ -202,11 +190,7 @@ async fn an_image_deleted_out_of_band_is_reported_then_released() {
         g.delete_raw(&id, Some(&g.token)).await,
         reqwest::StatusCode::NO_CONTENT
     );
-    let missing = s
-        .wait_status("img", "Ready=False ImageNotFound", T, |st| {
-            reason(st, "Ready").as_deref() == Some("ImageNotFound")
-        })
-        .await;
+    let missing = s.wait_reason("img", "Ready", "ImageNotFound").await;
     let st = missing.status.expect("status");
     assert_eq!(
         condition(&st, "Ready").map(|c| c.status),
@@ -278,11 +262,7 @@ async fn another_projects_public_image_is_forbidden() {
         .expect("create");
     s.wait_ready("img").await;
     s.delete("img").await;
-    let held = s
-        .wait_status("img", "Deleting=Forbidden", T, |st| {
-            reason(st, "Deleting").as_deref() == Some("Forbidden")
-        })
-        .await;
+    let held = s.wait_reason("img", "Deleting", "Forbidden").await;
     assert_eq!(
         held.status
             .and_then(|st| st.deletion)
@@ -308,11 +288,7 @@ async fn broken_credentials_hold_the_object_until_fixed() {
     s.create("img", spec(&id, SECRET, CLOUD))
         .await
         .expect("create");
-    let st = s
-        .wait_status("img", "CredentialsMissing", T, |st| {
-            reason(st, "Ready").as_deref() == Some("CredentialsMissing")
-        })
-        .await;
+    let st = s.wait_reason("img", "Ready", "CredentialsMissing").await;
     assert!(
         condition(st.status.as_ref().expect("status"), "Ready")
             .expect("cond")

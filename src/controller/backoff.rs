@@ -58,14 +58,15 @@ pub fn delay(
     }
 }
 
-/// Consecutive failures per object, reset by a success.
+/// A count per object: consecutive failures (reset by a success), or checks
+/// of an accepted deletion.
 #[derive(Default)]
-pub struct Failures {
+pub struct Counts {
     counts: Mutex<HashMap<String, u32>>,
 }
 
-impl Failures {
-    /// Records one more failure of `key` and returns how many in a row.
+impl Counts {
+    /// Counts one more for `key` and returns the new count.
     pub fn record(&self, key: &str) -> u32 {
         let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(key.to_owned()).or_insert(0);
@@ -154,7 +155,7 @@ mod tests {
 
     #[test]
     fn failures_count_per_object_and_reset() {
-        let f = Failures::default();
+        let f = Counts::default();
         assert_eq!(f.record("a"), 1);
         assert_eq!(f.record("a"), 2);
         assert_eq!(f.record("b"), 1);

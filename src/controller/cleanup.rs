@@ -37,7 +37,8 @@ pub async fn cleanup(
     ctx: &Context,
 ) -> Result<Action, Error> {
     let prev = obj.status.clone().unwrap_or_default();
-    let outcome = decide_step(obj, ctx, &prev).await?;
+    let key = object_key(obj);
+    let outcome = decide_step(obj, ctx, &prev, &key).await?;
     match outcome {
         Outcome::Release {
             type_,
@@ -47,8 +48,8 @@ pub async fn cleanup(
             kube_io::release_finalizer(api, obj)
                 .await
                 .map_err(Error::ReleaseFinalizer)?;
-            ctx.failures.reset(&object_key(obj));
-            ctx.accepted.reset(&object_key(obj));
+            ctx.failures.reset(&key);
+            ctx.accepted.reset(&key);
             if reason == "ImageDeleted" {
                 ctx.metrics.image_deleted();
             }
@@ -98,7 +99,7 @@ pub async fn cleanup(
             Ok(match &step {
                 DeletionStep::Failed { problem, .. } => retry(ctx, obj, problem),
                 DeletionStep::Accepted { .. } => {
-                    ctx.failures.reset(&object_key(obj));
+                    ctx.failures.reset(&key);
                     Action::requeue(ctx.settings.accepted_poll)
                 }
                 DeletionStep::DryRun(_) | DeletionStep::WaitingForFinalizers(_) => {
@@ -113,6 +114,7 @@ async fn decide_step(
     obj: &CloudImage,
     ctx: &Context,
     prev: &CloudImageStatus,
+    key: &str,
 ) -> Result<Outcome, Error> {
     let id = &obj.spec.image_id;
     if obj.spec.deletion_policy == DeletionPolicy::Retain {
@@ -180,15 +182,9 @@ async fn decide_step(
     // caught up with the status never causes a second DELETE. Every
     // RESEND_AFTER_CHECKS checks the DELETE is sent again, in case the
     // cloud's own deletion failed (a repeated DELETE is harmless).
-    let key = object_key(obj);
-    let accepted = ctx.accepted.count(&key) > 0
+    let accepted = ctx.accepted.count(key) > 0
         || conditions::reason(&prev.conditions, DELETING) == Some("DeletionAccepted");
-    if accepted
-        && !ctx
-            .accepted
-            .record(&key)
-            .is_multiple_of(RESEND_AFTER_CHECKS)
-    {
+    if accepted && !ctx.accepted.record(key).is_multiple_of(RESEND_AFTER_CHECKS) {
         return Ok(match cloud.get_image(id).await {
             Ok(Lookup::NotFound) => Outcome::Release {
                 type_: EventType::Normal,
@@ -237,7 +233,7 @@ async fn decide_step(
             ),
         },
         Ok(Deletion::Accepted) => {
-            ctx.accepted.record(&key);
+            ctx.accepted.record(key);
             Outcome::Step(DeletionStep::Accepted {
                 image: None,
                 attempted: true,

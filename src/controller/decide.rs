@@ -251,7 +251,7 @@ pub fn image_was_seen(prev: &CloudImageStatus) -> bool {
     })
 }
 
-/// Progress bookkeeping kept even when the step did not count as an attempt.
+/// How many deletion attempts the status records so far.
 pub fn attempts(s: &CloudImageStatus) -> i32 {
     s.deletion
         .as_ref()

@@ -16,7 +16,7 @@ use kube::ResourceExt;
 use kube::runtime::events::Recorder;
 
 use crate::cloud::pool::ClientPool;
-use backoff::{BackoffConfig, Failures};
+use backoff::{BackoffConfig, Counts};
 
 /// How the controller behaves, from the command line.
 #[derive(Clone, Debug)]
@@ -46,7 +46,7 @@ pub struct Context {
     pub client: kube::Client,
     pub recorder: Recorder,
     pub clouds: ClientPool,
-    pub failures: Failures,
+    pub failures: Counts,
     pub settings: Settings,
     /// The caches of all watched CloudImages, to find other claims on an image.
     pub stores: Vec<kube::runtime::reflector::Store<crate::crd::CloudImage>>,
@@ -54,7 +54,7 @@ pub struct Context {
     /// Objects whose DELETE the cloud accepted (IMS), with how many GETs
     /// have checked since. Kept in memory as well as in status so a stale
     /// cache never sends a second DELETE; after a restart status is used.
-    pub accepted: backoff::Failures,
+    pub accepted: Counts,
 }
 
 /// Failures of the Kubernetes side of a reconcile (cloud failures are not
