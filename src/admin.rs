@@ -20,6 +20,8 @@ use crate::crd::CloudImage;
 pub struct Metrics {
     reconciles: AtomicU64,
     images_deleted: AtomicU64,
+    secret_reads: AtomicU64,
+    secrets_released: AtomicU64,
     problems: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
@@ -30,6 +32,16 @@ impl Metrics {
 
     pub fn image_deleted(&self) {
         self.images_deleted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a GET of a credentials Secret (a cache miss).
+    pub fn secret_read(&self) {
+        self.secret_reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a Secret let go by the guard (its finalizer removed).
+    pub fn secret_released(&self) {
+        self.secrets_released.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a problem seen in `phase` (`live` or `cleanup`) with `reason`.
@@ -49,6 +61,16 @@ impl Metrics {
         out.push_str(&format!(
             "cloudimage_images_deleted_total {}\n",
             self.images_deleted.load(Ordering::Relaxed)
+        ));
+        out.push_str("# HELP cloudimage_secret_reads_total GETs of credentials Secrets (the parsed entry is cached per Secret version).\n# TYPE cloudimage_secret_reads_total counter\n");
+        out.push_str(&format!(
+            "cloudimage_secret_reads_total {}\n",
+            self.secret_reads.load(Ordering::Relaxed)
+        ));
+        out.push_str("# HELP cloudimage_secrets_released_total Credentials Secrets whose finalizer was removed because no CloudImage needs them.\n# TYPE cloudimage_secrets_released_total counter\n");
+        out.push_str(&format!(
+            "cloudimage_secrets_released_total {}\n",
+            self.secrets_released.load(Ordering::Relaxed)
         ));
         out.push_str("# HELP cloudimage_problems_total Failed or held steps, by phase and reason.\n# TYPE cloudimage_problems_total counter\n");
         let m = self.problems.lock().unwrap_or_else(|p| p.into_inner());

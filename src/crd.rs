@@ -8,6 +8,12 @@ use serde::{Deserialize, Serialize};
 /// The finalizer this operator puts on every `CloudImage` it manages.
 pub const FINALIZER: &str = "cloudimage.dev/delete-image";
 
+/// The finalizer this operator puts on a credentials Secret while any
+/// CloudImage in its namespace names it, so the Secret outlives the image
+/// deletions it serves (a namespace deletion or a GitOps prune removes both
+/// at once). Removed when no CloudImage needs the Secret any more.
+pub const SECRET_FINALIZER: &str = "cloudimage.dev/credentials-in-use";
+
 /// The canonical shape of an image id: a lower-case UUID, as Glance and IMS issue them.
 ///
 /// Upper-case ids are refused on purpose: Glance answers 404 for them, and a

@@ -4,11 +4,13 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use futures::{FutureExt, StreamExt};
+use futures::channel::mpsc;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{error, info, warn};
@@ -17,7 +19,8 @@ use crate::admin::Metrics;
 use crate::cli::{Args, LogFormat};
 use crate::cloud::pool::ClientPool;
 use crate::controller::backoff::{BackoffConfig, Counts};
-use crate::controller::reconcile::{error_policy, reconcile};
+use crate::controller::reconcile::{error_policy, object_key, reconcile};
+use crate::controller::secrets::{self, SecretMeta};
 use crate::controller::{Context, Settings};
 use crate::crd::CloudImage;
 
@@ -145,20 +148,27 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         );
     }
 
-    let apis: Vec<(String, Api<CloudImage>)> = if args.namespaces.is_empty() {
-        vec![("*".into(), Api::all(client.clone()))]
+    let scopes: Vec<(String, Api<CloudImage>, Api<SecretMeta>)> = if args.namespaces.is_empty() {
+        vec![(
+            "*".into(),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        )]
     } else {
         args.namespaces
             .iter()
-            .map(|ns| (ns.clone(), Api::namespaced(client.clone(), ns)))
+            .map(|ns| {
+                (
+                    ns.clone(),
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                )
+            })
             .collect()
     };
-    let watches: Vec<_> = apis
+    let watches: Vec<Watch> = scopes
         .into_iter()
-        .map(|(scope, api)| {
-            let (reader, writer) = reflector::store();
-            (scope, api, reader, writer)
-        })
+        .map(|(scope, cimgs, secrets)| Watch::new(scope, cimgs, secrets))
         .collect();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
@@ -166,9 +176,12 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         clouds: ClientPool::default(),
         failures: Counts::default(),
         settings,
-        stores: watches.iter().map(|w| w.2.clone()).collect(),
+        stores: watches.iter().map(|w| w.cimgs.0.clone()).collect(),
         metrics: Arc::new(Metrics::default()),
         accepted: Counts::default(),
+        secret_stores: watches.iter().map(|w| w.secrets.0.clone()).collect(),
+        credentials: Default::default(),
+        announced: Default::default(),
     });
     let shutdown = shutdown_signal().shared();
     let admin = crate::admin::serve(
@@ -180,24 +193,167 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     .await
     .map_err(|e| RunError::Admin(args.admin_addr, e))?;
     info!(%admin, "admin endpoints (/livez, /readyz, /metrics) listening");
-    let controllers = watches.into_iter().map(|(scope, api, reader, writer)| {
-        let stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .reflect(writer)
-            .applied_objects()
-            .predicate_filter(relevant_change, Default::default());
-        info!(namespace = %scope, concurrency = args.concurrency, "watching CloudImages");
-        Controller::for_stream(stream, reader)
-            .with_config(ControllerConfig::default().concurrency(args.concurrency))
+    let controllers = watches.into_iter().flat_map(|w| {
+        info!(namespace = %w.scope, concurrency = args.concurrency, "watching CloudImages and the metadata of Secrets");
+        w.run(ctx.clone(), args.concurrency, shutdown.clone())
+    });
+    futures::future::join_all(controllers).await;
+    info!("stopped");
+    Ok(())
+}
+
+/// The watches of one scope (all namespaces, or one): CloudImages, and the
+/// metadata of Secrets, each with its cache. Two controllers run on them:
+/// the CloudImage reconciler, and the guard of the credentials Secrets.
+struct Watch {
+    scope: String,
+    cimgs: (Store<CloudImage>, Writer<CloudImage>, Api<CloudImage>),
+    // An `Api` of metadata: its watch asks for metadata only, never data.
+    secrets: (Store<SecretMeta>, Writer<SecretMeta>, Api<SecretMeta>),
+}
+
+impl Watch {
+    fn new(scope: String, cimgs: Api<CloudImage>, secrets: Api<SecretMeta>) -> Watch {
+        let (ci_reader, ci_writer) = reflector::store();
+        let (s_reader, s_writer) = reflector::store();
+        Watch {
+            scope,
+            cimgs: (ci_reader, ci_writer, cimgs),
+            secrets: (s_reader, s_writer, secrets),
+        }
+    }
+
+    /// The two controllers of this scope, running until `shutdown`.
+    ///
+    /// Each watch applies its events to its cache itself (what
+    /// `WatchStreamExt::reflect` does) so it can compare an object with its
+    /// cached previous version first, and so that whatever it triggers runs
+    /// only after the cache holds the new version.
+    fn run(
+        self,
+        ctx: Arc<Context>,
+        concurrency: u16,
+        shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
+    ) -> Vec<futures::future::BoxFuture<'static, ()>> {
+        let (ci_reader, mut ci_writer, ci_api) = self.cimgs;
+        let (s_reader, mut s_writer, s_api) = self.secrets;
+        // A changed Secret requeues the CloudImages that use it.
+        let (requeue_tx, requeue_rx) = mpsc::unbounded::<ObjectRef<CloudImage>>();
+        // A CloudImage released, gone or moved to another Secret: its Secret's guard looks again.
+        let (recheck_tx, recheck_rx) = mpsc::unbounded::<ObjectRef<SecretMeta>>();
+        // A relisted CloudImage watch may have missed deletions: every guard looks again.
+        let (recheck_all_tx, recheck_all_rx) = mpsc::unbounded::<()>();
+
+        let cimg_events = {
+            let reader = ci_reader.clone();
+            let ctx = ctx.clone();
+            watcher(ci_api, watcher::Config::default())
+                .default_backoff()
+                .inspect_ok(move |event| {
+                    let old = match event {
+                        watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                            reader.get(&ObjectRef::from_obj(o))
+                        }
+                        _ => None,
+                    };
+                    let recheck = secrets::secrets_to_recheck(old.as_deref(), event);
+                    ci_writer.apply_watcher_event(event);
+                    for r in recheck {
+                        let _ = recheck_tx.unbounded_send(r);
+                    }
+                    match event {
+                        // Gone by any means: its counters go too.
+                        watcher::Event::Delete(o) => {
+                            ctx.failures.reset(&object_key(o));
+                            ctx.accepted.reset(&object_key(o));
+                        }
+                        watcher::Event::InitDone => {
+                            let _ = recheck_all_tx.unbounded_send(());
+                        }
+                        _ => {}
+                    }
+                })
+                .applied_objects()
+                .predicate_filter(relevant_change, Default::default())
+        };
+        let secret_events = {
+            let cimgs = ci_reader.clone();
+            let reader = s_reader.clone();
+            let ctx = ctx.clone();
+            // Changes seen while a relisting watch is not done yet are sent
+            // once the cache holds the new list.
+            let mut pending: Vec<ObjectRef<CloudImage>> = Vec::new();
+            let mut listed = false;
+            watcher(s_api, watcher::Config::default())
+                .default_backoff()
+                .modify(secrets::strip)
+                .inspect_ok(move |event| {
+                    let users_of = |s: &SecretMeta| -> Vec<ObjectRef<CloudImage>> {
+                        let ns = s.namespace().unwrap_or_default();
+                        let name = s.name_any();
+                        cimgs
+                            .state()
+                            .iter()
+                            .filter(|o| {
+                                o.metadata.namespace.as_deref() == Some(ns.as_str())
+                                    && o.spec.cloud_ref.secret_name == name
+                            })
+                            .map(|o| ObjectRef::from_obj(o.as_ref()))
+                            .collect()
+                    };
+                    match event {
+                        watcher::Event::Apply(s) => {
+                            let old = reader.get(&ObjectRef::from_obj(s));
+                            if secrets::change_matters(old.as_deref(), s) {
+                                pending.extend(users_of(s));
+                            }
+                        }
+                        // Only on a relist: the first list reconciles everything anyway.
+                        watcher::Event::InitApply(s) if listed => {
+                            let old = reader.get(&ObjectRef::from_obj(s));
+                            if secrets::change_matters(old.as_deref(), s) {
+                                pending.extend(users_of(s));
+                            }
+                        }
+                        watcher::Event::InitDone => listed = true,
+                        watcher::Event::Delete(s) => {
+                            ctx.credentials
+                                .forget(&s.namespace().unwrap_or_default(), &s.name_any());
+                            pending.extend(users_of(s));
+                        }
+                        _ => {}
+                    }
+                    s_writer.apply_watcher_event(event);
+                    if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
+                        for r in pending.drain(..) {
+                            let _ = requeue_tx.unbounded_send(r);
+                        }
+                    }
+                })
+                .applied_objects()
+        };
+
+        let cloudimages = Controller::for_stream(cimg_events, ci_reader)
+            .with_config(ControllerConfig::default().concurrency(concurrency))
+            .reconcile_on(requeue_rx)
             .graceful_shutdown_on(shutdown.clone())
             .run(reconcile, error_policy, ctx.clone())
             .for_each(|res| async move {
                 if let Err(e) = res {
                     warn!(error = %e, "controller event");
                 }
-            })
-    });
-    futures::future::join_all(controllers).await;
-    info!("stopped");
-    Ok(())
+            });
+        let guard = Controller::for_stream(secret_events, s_reader)
+            .with_config(ControllerConfig::default().concurrency(2))
+            .reconcile_on(recheck_rx)
+            .reconcile_all_on(recheck_all_rx)
+            .graceful_shutdown_on(shutdown)
+            .run(secrets::guard, secrets::guard_error_policy, ctx)
+            .for_each(|res| async move {
+                if let Err(e) = res {
+                    warn!(error = %e, "Secret guard event");
+                }
+            });
+        vec![cloudimages.boxed(), guard.boxed()]
+    }
 }

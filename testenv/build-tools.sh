@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the test binaries (etcd, kube-apiserver, kubectl, helm) from the Go
+# Builds the test binaries (etcd, kube-apiserver, kube-controller-manager,
+# kubectl, helm) from the Go
 # modules pinned in testenv/go/*, into a cache outside the checkout keyed by
 # version. A binary already present with the right --version is not rebuilt.
 # Also creates the Python venv holding Keystone and Glance (testenv/python/).
@@ -36,6 +37,10 @@ build_kube() {
   if ! has_version "$BIN_KUBE/kube-apiserver" "$KUBE_VERSION" --version; then
     log "building kube-apiserver $KUBE_VERSION (cold: 10-25 min on 2 cores)"
     (cd "$HERE/go/kube" && go build -trimpath -ldflags "$ld" -o "$BIN_KUBE/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver)
+  fi
+  if ! has_version "$BIN_KUBE/kube-controller-manager" "$KUBE_VERSION" --version; then
+    log "building kube-controller-manager $KUBE_VERSION (cold: 5-15 min on 2 cores)"
+    (cd "$HERE/go/kube" && go build -trimpath -ldflags "$ld" -o "$BIN_KUBE/kube-controller-manager" k8s.io/kubernetes/cmd/kube-controller-manager)
   fi
   if ! has_version "$BIN_KUBE/kubectl" "$KUBE_VERSION" version --client; then
     log "building kubectl $KUBE_VERSION"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Local test environment for the cloudimage operator: a real Kubernetes control
-# plane (etcd + kube-apiserver, built from Go modules by build-tools.sh) and a
+# plane (etcd + kube-apiserver + kube-controller-manager running the namespace
+# and garbage-collector controllers, built from Go modules by build-tools.sh) and a
 # real OpenStack Keystone + Glance (from PyPI, in a venv), all on loopback, as
 # plain processes (no containers, no network beyond 127.0.0.1).
 #
@@ -25,7 +26,7 @@ CACHE="${CLOUDIMAGE_CACHE:-$HOME/.cache/cloudimage-testenv}"
 DEFAULT_STATE_DIR="${CLOUDIMAGE_TESTENV_DIR:-$CACHE/run}"
 
 # Start order; `down` stops in reverse.
-SERVICES=(etcd kube-apiserver keystone glance)
+SERVICES=(etcd kube-apiserver kube-controller-manager keystone glance)
 
 APISERVER_READY_TIMEOUT=120
 SERVICE_READY_TIMEOUT=60
@@ -135,7 +136,7 @@ sweep_leftovers() { # STATE_DIR
     [[ "$cwd" == "$dir" || "$cwd" == "$dir"/* ]] || continue
     cmd="$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)" || continue
     case "$cmd" in
-      *gunicorn*|*/etcd\ *|*/kube-apiserver\ *) found+=("$pid") ;;
+      *gunicorn*|*/etcd\ *|*/kube-apiserver\ *|*/kube-controller-manager\ *) found+=("$pid") ;;
     esac
   done
   (( ${#found[@]} > 0 )) || return 0
@@ -249,6 +250,7 @@ build_tools() {
   eval "$("$BUILD_TOOLS" paths)"
   [[ -x "$ETCD_BIN_DIR/etcd" ]] || die "missing $ETCD_BIN_DIR/etcd"
   [[ -x "$KUBE_BIN_DIR/kube-apiserver" ]] || die "missing $KUBE_BIN_DIR/kube-apiserver"
+  [[ -x "$KUBE_BIN_DIR/kube-controller-manager" ]] || die "missing $KUBE_BIN_DIR/kube-controller-manager"
   [[ -x "$KUBE_BIN_DIR/kubectl" ]] || die "missing $KUBE_BIN_DIR/kubectl"
   [[ -f "$VENV/.complete" && -x "$VENV/bin/gunicorn" ]] || die "venv $VENV incomplete"
 }
@@ -448,8 +450,8 @@ write_env_file() { # STATE_DIR
   for k in CLOUDIMAGE_TESTENV_DIR KUBECONFIG KUBECTL HELM KUBE_APISERVER_URL ETCD_URL \
            KEYSTONE_URL GLANCE_URL GLANCE_PORT KEYSTONE_PORT OS_CLOUDS_YAML OS_CLIENT_CONFIG_FILE \
            CLOUDIMAGE_TEST_ADMIN_PASSWORD CLOUDIMAGE_TEST_DEMO_PASSWORD CLOUDIMAGE_TEST_OTHER_PASSWORD \
-           VENV ETCD_PID KUBE_APISERVER_PID KEYSTONE_PID GLANCE_PID \
-           ETCD_LOG KUBE_APISERVER_LOG KEYSTONE_LOG GLANCE_LOG; do
+           VENV ETCD_PID KUBE_APISERVER_PID KUBE_CONTROLLER_MANAGER_PID KEYSTONE_PID GLANCE_PID \
+           ETCD_LOG KUBE_APISERVER_LOG KUBE_CONTROLLER_MANAGER_LOG KEYSTONE_LOG GLANCE_LOG; do
     printf 'export %s=%q\n' "$k" "${!k}" >>"$f"
   done
   mv "$f" "$dir/env"
@@ -531,6 +533,7 @@ init_up_vars() { # STATE_DIR
   OS_CLIENT_CONFIG_FILE="$OS_CLOUDS_YAML"
   ETCD_LOG="$dir/logs/etcd.log"
   KUBE_APISERVER_LOG="$dir/logs/kube-apiserver.log"
+  KUBE_CONTROLLER_MANAGER_LOG="$dir/logs/kube-controller-manager.log"
   KEYSTONE_LOG="$dir/logs/keystone.log"
   GLANCE_LOG="$dir/logs/glance.log"
 
@@ -606,6 +609,38 @@ wait_apiserver() { # STATE_DIR
   write_kubeconfig "$dir" "$KUBE_APISERVER_URL"
   "$KUBECTL" --kubeconfig "$KUBECONFIG" get --raw /readyz >/dev/null \
     || { log "kubectl with $KUBECONFIG cannot reach the apiserver"; return 1; }
+}
+
+# Only the controllers the operator's users meet when they remove things: the
+# namespace controller (finishes `kubectl delete namespace`) and the garbage
+# collector (deletes objects whose owner is gone). No leader election, no
+# serving port, no cloud provider. Started once the apiserver is ready.
+start_controller_manager() { # STATE_DIR
+  local dir="$1"
+  start_service "$dir" kube-controller-manager "$dir/kube-controller-manager" \
+    "$KUBE_BIN_DIR/kube-controller-manager" \
+    --kubeconfig="$KUBECONFIG" \
+    --controllers=namespace,garbagecollector \
+    --leader-elect=false \
+    --secure-port=0
+  # It has no health port (--secure-port=0): ready once its caches synced,
+  # which its log says; a deadline keeps a silent failure from hanging `up`.
+  local deadline=$(( $(now) + SERVICE_READY_TIMEOUT )) pid
+  pid="$(read_pid "$dir" kube-controller-manager)"
+  until grep -q 'Caches are synced' "$dir/logs/kube-controller-manager.log" 2>/dev/null; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "kube-controller-manager (pid $pid) exited; last lines of its log:"
+      tail -n 40 "$dir/logs/kube-controller-manager.log" >&2 || true
+      return 1
+    fi
+    if (( $(now) >= deadline )); then
+      log "kube-controller-manager caches not synced after ${SERVICE_READY_TIMEOUT}s; last lines of its log:"
+      tail -n 40 "$dir/logs/kube-controller-manager.log" >&2 || true
+      return 1
+    fi
+    sleep 0.2
+  done
+  log "kube-controller-manager ready"
 }
 
 start_keystone() { # STATE_DIR: configure, bootstrap, start (no wait)
@@ -743,6 +778,7 @@ finish_up() { # STATE_DIR: record PIDs, write clouds.yaml and env
   local dir="$1"
   ETCD_PID="$(read_pid "$dir" etcd)"
   KUBE_APISERVER_PID="$(read_pid "$dir" kube-apiserver)"
+  KUBE_CONTROLLER_MANAGER_PID="$(read_pid "$dir" kube-controller-manager)"
   KEYSTONE_PID="$(read_pid "$dir" keystone)"
   GLANCE_PID="$(read_pid "$dir" glance)"
   write_clouds_yaml "$dir"
@@ -786,6 +822,7 @@ cmd_up() {
   populate_keystone "$dir"
   start_glance "$dir"
   wait_apiserver "$dir"
+  start_controller_manager "$dir"
   verify_glance
   finish_up "$dir"
   UP_DONE=1
@@ -795,6 +832,7 @@ cmd_up() {
 testenv up in ${SECONDS}s: $dir
   etcd            $ETCD_URL (pid $ETCD_PID)
   kube-apiserver  $KUBE_APISERVER_URL (pid $KUBE_APISERVER_PID)
+  kube-controller-manager  namespace, garbagecollector (pid $KUBE_CONTROLLER_MANAGER_PID)
   keystone        $KEYSTONE_URL (pid $KEYSTONE_PID)
   glance          $GLANCE_URL (pid $GLANCE_PID)
   kubeconfig      $KUBECONFIG
@@ -841,7 +879,7 @@ cmd_status() {
       state="dead (stale pid $pid)"
       all_up=0
     fi
-    printf '  %-15s %s\n' "$s" "$state"
+    printf "  %-24s %s\n" "$s" "$state"
   done
   if [[ -f "$dir/env" ]]; then
     local url glance ks

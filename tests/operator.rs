@@ -10,18 +10,7 @@ use serde_json::json;
 
 use common::glance::Glance;
 use common::relay::Relay;
-use common::{Scope, T, condition, spec};
-
-const CLOUD: &str = "testcloud";
-const SECRET: &str = "openstack-creds";
-
-async fn demo_scope(test: &str) -> (Scope, Glance) {
-    let s = Scope::new(test).await;
-    s.put_secret(SECRET, &s.env.clouds_yaml(CLOUD, "demo", json!({})))
-        .await;
-    let g = Glance::as_user(&s.env, "demo").await;
-    (s, g)
-}
+use common::{CLOUD, SECRET, Scope, T, condition, demo_scope, spec};
 
 #[tokio::test]
 async fn deleting_a_cloudimage_deletes_its_image_then_releases_the_object() {
@@ -457,16 +446,7 @@ async fn probes_and_metrics_answer_and_sigterm_stops_cleanly() {
     let (s, g) = demo_scope("admin").await;
     let op = s.start_operator(&[]);
     // The admin address (port 0 = a free one) is in the log.
-    let addr = common::wait_for("the admin endpoints to listen", T, || async {
-        let log = op.log();
-        log.lines()
-            .find(|l| l.contains("admin endpoints"))
-            .and_then(|l| l.split("admin=").nth(1))
-            .and_then(|r| r.split_whitespace().next())
-            .map(str::to_owned)
-            .ok_or(log)
-    })
-    .await;
+    let addr = op.admin_addr().await;
     let get = |path: &'static str| {
         let url = format!("http://{addr}{path}");
         async move {

@@ -58,6 +58,22 @@ pub fn delay(
     }
 }
 
+/// [`delay`] with a freshly drawn jitter.
+pub fn jittered(
+    cfg: &BackoffConfig,
+    pace: Pace,
+    failures: u32,
+    retry_after: Option<Duration>,
+) -> Duration {
+    delay(
+        cfg,
+        pace,
+        failures,
+        retry_after,
+        rand::Rng::random(&mut rand::rng()),
+    )
+}
+
 /// A count per object: consecutive failures (reset by a success), or checks
 /// of an accepted deletion.
 #[derive(Default)]

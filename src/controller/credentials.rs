@@ -1,13 +1,22 @@
 //! Reading a CloudImage's credentials: the Secret named in `spec.cloudRef`,
 //! in the CloudImage's own namespace only, and the cloud entry inside it.
+//!
+//! Parsed entries are cached by the Secret's uid and `resourceVersion`, as the
+//! metadata watch of Secrets reports them: while the Secret is unchanged a
+//! reconcile reads no Secret from the API. Only Secrets that a CloudImage
+//! names are ever read, so only their entries are cached.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 
 use super::backoff::Pace;
 use super::decide::Problem;
 use crate::cloud::clouds_yaml::{self, CloudConfig, CloudsYamlError};
-use crate::crd::CloudRef;
+use crate::crd::{CloudRef, SECRET_FINALIZER};
 
 pub const CLOUDS_YAML_KEY: &str = "clouds.yaml";
 pub const CACERT_KEY: &str = "cacert";
@@ -23,31 +32,180 @@ fn missing(msg: String) -> CredentialsError {
     CredentialsError::Problem(Problem::new("CredentialsMissing", msg, Pace::Slow))
 }
 
+/// What the reader saw of the Secret itself, for holding it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SecretSeen {
+    /// The operator's finalizer is on it.
+    pub held: bool,
+    /// It has a deletion timestamp (no finalizer can be added any more).
+    pub deleting: bool,
+}
+
+impl SecretSeen {
+    pub fn of(meta: &ObjectMeta) -> SecretSeen {
+        SecretSeen {
+            held: meta
+                .finalizers
+                .as_ref()
+                .is_some_and(|f| f.iter().any(|f| f == SECRET_FINALIZER)),
+            deleting: meta.deletion_timestamp.is_some(),
+        }
+    }
+}
+
+/// The version of a Secret an entry was parsed from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version {
+    pub uid: String,
+    pub resource_version: String,
+}
+
+impl Version {
+    pub fn of(meta: &ObjectMeta) -> Option<Version> {
+        Some(Version {
+            uid: meta.uid.clone()?,
+            resource_version: meta.resource_version.clone()?,
+        })
+    }
+}
+
+struct Cached {
+    version: Version,
+    /// Parsed entries by cloud name; a problem is cached as well (a bad
+    /// Secret stays bad until it changes).
+    clouds: HashMap<String, Result<CloudConfig, Problem>>,
+}
+
+/// Parsed cloud entries by Secret (namespace, name). `Debug` shows only
+/// which Secrets are cached, never what they hold.
+#[derive(Default)]
+pub struct Cache {
+    entries: Mutex<HashMap<(String, String), Cached>>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        f.debug_set().entries(m.keys()).finish()
+    }
+}
+
+impl Cache {
+    fn lookup(
+        &self,
+        namespace: &str,
+        cloud_ref: &CloudRef,
+        version: &Version,
+    ) -> Option<Result<CloudConfig, Problem>> {
+        let m = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let c = m.get(&(namespace.to_owned(), cloud_ref.secret_name.clone()))?;
+        if &c.version != version {
+            return None;
+        }
+        c.clouds.get(&cloud_ref.cloud_name).cloned()
+    }
+
+    fn store(
+        &self,
+        namespace: &str,
+        cloud_ref: &CloudRef,
+        version: Version,
+        parsed: Result<CloudConfig, Problem>,
+    ) {
+        let mut m = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = m
+            .entry((namespace.to_owned(), cloud_ref.secret_name.clone()))
+            .or_insert_with(|| Cached {
+                version: version.clone(),
+                clouds: HashMap::new(),
+            });
+        if entry.version != version {
+            *entry = Cached {
+                version,
+                clouds: HashMap::new(),
+            };
+        }
+        entry.clouds.insert(cloud_ref.cloud_name.clone(), parsed);
+    }
+
+    /// Drops what is cached for a Secret (it was deleted, or no CloudImage uses it).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    /// How many Secrets have cached entries.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Reads `cloud_ref` from `namespace`. The namespace is always the
 /// CloudImage's own: a CloudImage cannot name a Secret elsewhere.
+///
+/// `current` is the Secret's metadata as the watch last reported it: when
+/// its uid and `resourceVersion` match a cached entry, the entry is used and
+/// the API is not asked. `on_get` is called for every Secret GET (a metric).
 pub async fn read(
     client: &kube::Client,
+    cache: &Cache,
+    current: Option<&ObjectMeta>,
     namespace: &str,
     cloud_ref: &CloudRef,
-) -> Result<CloudConfig, CredentialsError> {
+    on_get: impl FnOnce(),
+) -> (Option<SecretSeen>, Result<CloudConfig, CredentialsError>) {
+    if let Some(meta) = current
+        && let Some(version) = Version::of(meta)
+        && let Some(hit) = cache.lookup(namespace, cloud_ref, &version)
+    {
+        return (
+            Some(SecretSeen::of(meta)),
+            hit.map_err(CredentialsError::Problem),
+        );
+    }
+    on_get();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = match secrets.get_opt(&cloud_ref.secret_name).await {
         Ok(Some(s)) => s,
         Ok(None) => {
-            return Err(missing(format!(
-                "Secret {namespace}/{} does not exist; create it with a `{CLOUDS_YAML_KEY}` key",
-                cloud_ref.secret_name
-            )));
+            return (
+                None,
+                Err(missing(format!(
+                    "Secret {namespace}/{} does not exist; create it with a `{CLOUDS_YAML_KEY}` key",
+                    cloud_ref.secret_name
+                ))),
+            );
         }
         Err(kube::Error::Api(e)) if e.code == 403 => {
-            return Err(missing(format!(
-                "the operator is not allowed to read Secret {namespace}/{} (RBAC: it needs `get` on secrets in this namespace)",
-                cloud_ref.secret_name
-            )));
+            return (
+                None,
+                Err(missing(format!(
+                    "the operator is not allowed to read Secret {namespace}/{} (RBAC: it needs `get` on secrets in this namespace)",
+                    cloud_ref.secret_name
+                ))),
+            );
         }
-        Err(e) => return Err(CredentialsError::Api(e)),
+        Err(e) => return (None, Err(CredentialsError::Api(e))),
     };
-    parse_secret(&secret, namespace, cloud_ref)
+    let seen = SecretSeen::of(&secret.metadata);
+    let parsed = parse_secret(&secret, namespace, cloud_ref);
+    if let Some(version) = Version::of(&secret.metadata) {
+        let to_cache = match &parsed {
+            Ok(cfg) => Some(Ok(cfg.clone())),
+            Err(CredentialsError::Problem(p)) => Some(Err(p.clone())),
+            Err(CredentialsError::Api(_)) => None,
+        };
+        if let Some(c) = to_cache {
+            cache.store(namespace, cloud_ref, version, c);
+        }
+    }
+    (Some(seen), parsed)
 }
 
 /// Extracts and parses the cloud entry from a Secret's data.

@@ -87,11 +87,12 @@ pub async fn release_finalizer(api: &Api<CloudImage>, obj: &CloudImage) -> Resul
     }
 }
 
-/// Records an Event about `obj`. A failure to record is logged, not fatal:
-/// the status carries the same information.
-pub async fn publish(
+/// Records an Event about `obj` (a CloudImage, or a Secret the operator
+/// holds). A failure to record is logged, not fatal: the status carries the
+/// same information.
+pub async fn publish<K: Resource<DynamicType = ()>>(
     recorder: &Recorder,
-    obj: &CloudImage,
+    obj: &K,
     type_: EventType,
     reason: &str,
     action: &str,

@@ -9,6 +9,7 @@ pub mod decide;
 pub mod kube_io;
 pub mod live;
 pub mod reconcile;
+pub mod secrets;
 
 use std::time::Duration;
 
@@ -55,6 +56,12 @@ pub struct Context {
     /// have checked since. Kept in memory as well as in status so a stale
     /// cache never sends a second DELETE; after a restart status is used.
     pub accepted: Counts,
+    /// The caches of watched Secrets' metadata (never their data).
+    pub secret_stores: Vec<kube::runtime::reflector::Store<secrets::SecretMeta>>,
+    /// Parsed credentials by Secret version.
+    pub credentials: credentials::Cache,
+    /// Uids of deleted Secrets whose `SecretInUse` Event was recorded.
+    pub announced: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Failures of the Kubernetes side of a reconcile (cloud failures are not
@@ -69,6 +76,12 @@ pub enum Error {
     PatchStatus(#[source] kube::Error),
     #[error("failed to read the credentials Secret: {0}")]
     ReadCredentials(#[source] kube::Error),
+    #[error("failed to add the finalizer to the credentials Secret: {0}")]
+    HoldSecret(#[source] kube::Error),
+    #[error("failed to remove the finalizer from the credentials Secret: {0}")]
+    ReleaseSecret(#[source] kube::Error),
+    #[error("failed to list the CloudImages of a namespace: {0}")]
+    ListCloudImages(#[source] kube::Error),
 }
 
 impl Error {
@@ -79,6 +92,9 @@ impl Error {
             Error::ReleaseFinalizer(_) => "ReleaseFinalizer",
             Error::PatchStatus(_) => "PatchStatus",
             Error::ReadCredentials(_) => "ReadCredentials",
+            Error::HoldSecret(_) => "HoldSecret",
+            Error::ReleaseSecret(_) => "ReleaseSecret",
+            Error::ListCloudImages(_) => "ListCloudImages",
         }
     }
 }
@@ -111,5 +127,59 @@ impl Context {
         claims.sort();
         claims.dedup();
         Some(claims)
+    }
+
+    /// Whether every CloudImage watch has listed its objects, waiting up to `wait`.
+    pub async fn stores_ready(&self, wait: Duration) -> bool {
+        for store in &self.stores {
+            match tokio::time::timeout(wait, store.wait_until_ready()).await {
+                Ok(Ok(())) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// The CloudImages that need Secret `namespace/name`, from the caches.
+    pub fn secret_users(&self, namespace: &str, name: &str) -> Vec<String> {
+        let mut all = Vec::new();
+        for store in &self.stores {
+            let state = store.state();
+            all.extend(secrets::users(
+                namespace,
+                name,
+                state.iter().map(|o| o.as_ref()),
+            ));
+        }
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// Secret `namespace/name` as the metadata watch last saw it.
+    pub fn secret_meta(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<std::sync::Arc<secrets::SecretMeta>> {
+        let key = kube::runtime::reflector::ObjectRef::new(name).within(namespace);
+        self.secret_stores.iter().find_map(|s| s.get(&key))
+    }
+
+    /// True the first time it is asked about this deleted Secret (by uid).
+    pub fn first_announcement(&self, secret: &secrets::SecretMeta) -> bool {
+        let uid = secret.uid().unwrap_or_default();
+        self.announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid)
+    }
+
+    pub fn forget_announcement(&self, secret: &secrets::SecretMeta) {
+        let uid = secret.uid().unwrap_or_default();
+        self.announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&uid);
     }
 }

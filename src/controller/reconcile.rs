@@ -9,14 +9,14 @@
 
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
-use rand::Rng;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use super::backoff::{self, Pace};
 use super::decide::Problem;
-use super::{Context, Error, cleanup, credentials, kube_io, live};
+use super::{Context, Error, cleanup, credentials, kube_io, live, secrets};
 use crate::cloud::ImageService;
 use crate::crd::{CloudImage, FINALIZER};
 
@@ -63,13 +63,11 @@ async fn dispatch(obj: Arc<CloudImage>, ctx: Arc<Context>) -> Result<Action, Err
 /// Paces the retry of a problem for this object.
 pub fn retry(ctx: &Context, obj: &CloudImage, problem: &Problem) -> Action {
     let failures = ctx.failures.record(&object_key(obj));
-    let jitter: f64 = rand::rng().random();
-    Action::requeue(backoff::delay(
+    Action::requeue(backoff::jittered(
         &ctx.settings.backoff,
         problem.pace,
         failures,
         problem.retry_after,
-        jitter,
     ))
 }
 
@@ -77,13 +75,11 @@ pub fn retry(ctx: &Context, obj: &CloudImage, problem: &Problem) -> Action {
 pub fn error_policy(obj: Arc<CloudImage>, err: &Error, ctx: Arc<Context>) -> Action {
     let failures = ctx.failures.record(&object_key(&obj));
     warn!(namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any(), reason = err.reason(), error = %err, failures, "reconcile failed");
-    let jitter: f64 = rand::rng().random();
-    Action::requeue(backoff::delay(
+    Action::requeue(backoff::jittered(
         &ctx.settings.backoff,
         Pace::Fast,
         failures,
         None,
-        jitter,
     ))
 }
 
@@ -105,7 +101,37 @@ pub async fn cloud_for(
         )));
     }
     let ns = obj.namespace().unwrap_or_default();
-    let cfg = match credentials::read(&ctx.client, &ns, &obj.spec.cloud_ref).await {
+    let secret_name = &obj.spec.cloud_ref.secret_name;
+    let current = ctx.secret_meta(&ns, secret_name);
+    let (seen, cfg) = credentials::read(
+        &ctx.client,
+        &ctx.credentials,
+        current.as_deref().map(|m| &m.metadata),
+        &ns,
+        &obj.spec.cloud_ref,
+        || ctx.metrics.secret_read(),
+    )
+    .await;
+    // Hold the Secret while this CloudImage needs it (see `secrets`). A
+    // Secret already being deleted cannot take a new finalizer.
+    if let Some(seen) = seen
+        && !seen.held
+        && !seen.deleting
+    {
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        match secrets::hold(&api, secret_name).await {
+            Ok(()) => {
+                info!(secret = %secret_name, "holding the credentials Secret while CloudImages need it")
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(kube::Error::Api(e)) if e.code == 403 => warn!(
+                secret = %secret_name,
+                "not allowed to add a finalizer to the credentials Secret (RBAC: `patch` on secrets); deleting it together with its CloudImages will leave them waiting for it"
+            ),
+            Err(e) => return Err(Error::HoldSecret(e)),
+        }
+    }
+    let cfg = match cfg {
         Ok(cfg) => cfg,
         Err(credentials::CredentialsError::Problem(p)) => return Ok(Err(p)),
         Err(credentials::CredentialsError::Api(e)) => return Err(Error::ReadCredentials(e)),

@@ -404,20 +404,20 @@ impl Scope {
         cmd.arg("--kubeconfig")
             .arg(kubeconfig)
             .args(["--namespace", &self.ns])
-            .args([
-                "--retry-fast",
-                "300ms",
-                "--retry-slow",
-                "1s",
-                "--retry-max",
-                "3s",
-                "--accepted-poll-interval",
-                "500ms",
-                "--resync-interval",
-                "2s",
-                "--admin-addr",
-                "127.0.0.1:0",
-            ])
+            // Short delays so tests finish quickly; a flag in `extra` replaces its default.
+            .args(
+                [
+                    ("--retry-fast", "300ms"),
+                    ("--retry-slow", "1s"),
+                    ("--retry-max", "3s"),
+                    ("--accepted-poll-interval", "500ms"),
+                    ("--resync-interval", "2s"),
+                    ("--admin-addr", "127.0.0.1:0"),
+                ]
+                .into_iter()
+                .filter(|(flag, _)| !extra.contains(flag))
+                .flat_map(|(flag, value)| [flag, value]),
+            )
             .args(if extra.contains(&"--log-level") {
                 vec![]
             } else {
@@ -460,6 +460,35 @@ impl Operator {
         let _ = self.child.kill().await;
     }
 
+    /// The address of its admin endpoints (port 0 = a free one, in the log).
+    pub async fn admin_addr(&self) -> String {
+        wait_for("the admin endpoints to listen", T, || async {
+            let log = self.log();
+            log.lines()
+                .find(|l| l.contains("admin endpoints"))
+                .and_then(|l| l.split("admin=").nth(1))
+                .and_then(|r| r.split_whitespace().next())
+                .map(str::to_owned)
+                .ok_or(log)
+        })
+        .await
+    }
+
+    /// The value of an unlabelled counter on its `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let url = format!("http://{}/metrics", self.admin_addr().await);
+        let text = reqwest::get(url)
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
+
     /// Asks the operator to stop (SIGTERM) and waits for it to exit.
     pub async fn terminate(mut self) -> std::process::ExitStatus {
         if let Some(pid) = self.child.id() {
@@ -472,6 +501,29 @@ impl Operator {
             .expect("operator stops within 20 s")
             .expect("wait")
     }
+}
+
+/// Runs a test tool (kubectl, helm) from the environment against the test
+/// cluster; returns (success, stdout + stderr).
+pub fn run_tool(env: &TestEnv, tool: &str, args: &[&str]) -> (bool, String) {
+    let kubeconfig = env.var("KUBECONFIG");
+    let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tool-home");
+    let out = std::process::Command::new(env.var(tool))
+        .args(args)
+        .args(["--kubeconfig", &kubeconfig])
+        .env("HOME", &home)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 /// The reason of the condition `type_`.
@@ -494,3 +546,17 @@ pub fn spec(image_id: &str, secret: &str, cloud: &str) -> serde_json::Value {
 }
 
 pub const T: Duration = Duration::from_secs(60);
+
+/// The cloud entry and Secret name most tests use.
+pub const CLOUD: &str = "testcloud";
+pub const SECRET: &str = "openstack-creds";
+
+/// A fresh namespace holding Secret [`SECRET`] with the `demo` user's
+/// credentials under [`CLOUD`], and Glance as `demo`.
+pub async fn demo_scope(test: &str) -> (Scope, glance::Glance) {
+    let s = Scope::new(test).await;
+    s.put_secret(SECRET, &s.env.clouds_yaml(CLOUD, "demo", json!({})))
+        .await;
+    let g = glance::Glance::as_user(&s.env, "demo").await;
+    (s, g)
+}
