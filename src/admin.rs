@@ -1,11 +1,9 @@
 //! The admin endpoints for probes and scraping: `/livez`, `/readyz` (ready
-//! once every watch has listed its CloudImages) and `/metrics` (Prometheus
-//! text format, bounded labels only).
+//! once every watch has listed its CloudImages) and `/metrics` (OpenMetrics
+//! text of `metrics::Metrics`).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
@@ -14,74 +12,7 @@ use axum::routing::get;
 use kube::runtime::reflector::Store;
 
 use crate::crd::CloudImage;
-
-/// Counters of what the operator did. Labels are `reason()` strings only.
-#[derive(Default)]
-pub struct Metrics {
-    reconciles: AtomicU64,
-    images_deleted: AtomicU64,
-    secret_reads: AtomicU64,
-    secrets_released: AtomicU64,
-    problems: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-}
-
-impl Metrics {
-    pub fn reconciled(&self) {
-        self.reconciles.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn image_deleted(&self) {
-        self.images_deleted.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a GET of a credentials Secret (a cache miss).
-    pub fn secret_read(&self) {
-        self.secret_reads.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a Secret let go by the guard (its finalizer removed).
-    pub fn secret_released(&self) {
-        self.secrets_released.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a problem seen in `phase` (`live` or `cleanup`) with `reason`.
-    pub fn problem(&self, phase: &'static str, reason: &'static str) {
-        let mut m = self.problems.lock().unwrap_or_else(|p| p.into_inner());
-        *m.entry((phase, reason)).or_insert(0) += 1;
-    }
-
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP cloudimage_reconciles_total Reconciles run.\n# TYPE cloudimage_reconciles_total counter\n");
-        out.push_str(&format!(
-            "cloudimage_reconciles_total {}\n",
-            self.reconciles.load(Ordering::Relaxed)
-        ));
-        out.push_str("# HELP cloudimage_images_deleted_total Images confirmed deleted in the cloud.\n# TYPE cloudimage_images_deleted_total counter\n");
-        out.push_str(&format!(
-            "cloudimage_images_deleted_total {}\n",
-            self.images_deleted.load(Ordering::Relaxed)
-        ));
-        out.push_str("# HELP cloudimage_secret_reads_total GETs of credentials Secrets (the parsed entry is cached per Secret version).\n# TYPE cloudimage_secret_reads_total counter\n");
-        out.push_str(&format!(
-            "cloudimage_secret_reads_total {}\n",
-            self.secret_reads.load(Ordering::Relaxed)
-        ));
-        out.push_str("# HELP cloudimage_secrets_released_total Credentials Secrets whose finalizer was removed because no CloudImage needs them.\n# TYPE cloudimage_secrets_released_total counter\n");
-        out.push_str(&format!(
-            "cloudimage_secrets_released_total {}\n",
-            self.secrets_released.load(Ordering::Relaxed)
-        ));
-        out.push_str("# HELP cloudimage_problems_total Failed or held steps, by phase and reason.\n# TYPE cloudimage_problems_total counter\n");
-        let m = self.problems.lock().unwrap_or_else(|p| p.into_inner());
-        for ((phase, reason), n) in m.iter() {
-            out.push_str(&format!(
-                "cloudimage_problems_total{{phase=\"{phase}\",reason=\"{reason}\"}} {n}\n"
-            ));
-        }
-        out
-    }
-}
+use crate::metrics::Metrics;
 
 #[derive(Clone)]
 struct AdminState {
@@ -121,7 +52,15 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route(
             "/metrics",
-            get(|State(s): State<AdminState>| async move { s.metrics.render() }),
+            get(|State(s): State<AdminState>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    s.metrics.render(),
+                )
+            }),
         )
         .with_state(AdminState { metrics, stores });
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -135,24 +74,4 @@ pub async fn serve(
         }
     });
     Ok(bound)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metrics_render_in_prometheus_text_format() {
-        let m = Metrics::default();
-        m.reconciled();
-        m.image_deleted();
-        m.problem("cleanup", "Protected");
-        m.problem("cleanup", "Protected");
-        let text = m.render();
-        assert!(text.contains("cloudimage_reconciles_total 1\n"));
-        assert!(text.contains("cloudimage_images_deleted_total 1\n"));
-        assert!(
-            text.contains("cloudimage_problems_total{phase=\"cleanup\",reason=\"Protected\"} 2\n")
-        );
-    }
 }

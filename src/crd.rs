@@ -155,6 +155,11 @@ pub struct DeletionProgress {
     /// When the latest attempt was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempt_time: Option<Time>,
+    /// When the cloud accepted a DELETE without confirming the image is gone
+    /// (IMS answers 204 on acceptance): from then on the operator confirms
+    /// with GET until 404 instead of sending DELETE again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_time: Option<Time>,
     /// Why the latest attempt did not finish the deletion; absent after success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<DeletionError>,
@@ -169,7 +174,9 @@ pub struct DeletionError {
     /// The cloud's message (or the local error), at most 1 KiB.
     pub message: String,
     /// The HTTP status the cloud answered with, if it answered.
+    // An `int32` in the schema: Kubernetes warns about the `uint16` format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i32>", range(min = 100, max = 599))]
     pub http_status: Option<u16>,
     /// The cloud's request id (`X-Openstack-Request-Id`), for support requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -5,4 +5,5 @@ pub mod cli;
 pub mod cloud;
 pub mod controller;
 pub mod crd;
+pub mod metrics;
 pub mod run;

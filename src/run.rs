@@ -1,7 +1,6 @@
 //! Wiring: logging, the Kubernetes client, the startup check, one watch per
 //! namespace, and shutdown on SIGTERM / Ctrl-C.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use futures::channel::mpsc;
@@ -11,18 +10,20 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::utils::Predicate;
+use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{error, info, warn};
 
-use crate::admin::Metrics;
 use crate::cli::{Args, LogFormat};
 use crate::cloud::pool::ClientPool;
 use crate::controller::backoff::{BackoffConfig, Counts};
-use crate::controller::reconcile::{error_policy, object_key, reconcile};
-use crate::controller::secrets::{self, SecretMeta};
-use crate::controller::{Context, Settings};
+use crate::controller::context::{Context, Settings, object_key};
+use crate::controller::guard::{guard, guard_error_policy};
+use crate::controller::reconcile::{error_policy, reconcile};
+use crate::controller::secret_hold::{self as secrets, SecretMeta};
 use crate::crd::CloudImage;
+use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -77,14 +78,9 @@ async fn client(args: &Args) -> Result<Client, RunError> {
     Client::try_from(config).map_err(RunError::Client)
 }
 
-/// Reconcile on what matters to the operator: spec changes (generation),
-/// deletion, and finalizer changes; not on its own status writes.
-fn relevant_change(obj: &CloudImage) -> Option<u64> {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    obj.metadata.generation.hash(&mut h);
-    obj.metadata.deletion_timestamp.is_some().hash(&mut h);
-    obj.finalizers().hash(&mut h);
-    Some(h.finish())
+/// Whether an object is being deleted, as a predicate value.
+fn being_deleted(obj: &CloudImage) -> Option<u64> {
+    Some(u64::from(obj.metadata.deletion_timestamp.is_some()))
 }
 
 async fn shutdown_signal() {
@@ -274,7 +270,14 @@ impl Watch {
                     }
                 })
                 .applied_objects()
-                .predicate_filter(relevant_change, Default::default())
+                // Reconcile on what matters: spec changes, finalizer changes
+                // and deletion; not on the operator's own status writes.
+                .predicate_filter(
+                    predicates::generation
+                        .combine(predicates::finalizers)
+                        .combine(being_deleted),
+                    Default::default(),
+                )
         };
         let secret_events = {
             let cimgs = ci_reader.clone();
@@ -348,7 +351,7 @@ impl Watch {
             .reconcile_on(recheck_rx)
             .reconcile_all_on(recheck_all_rx)
             .graceful_shutdown_on(shutdown)
-            .run(secrets::guard, secrets::guard_error_policy, ctx)
+            .run(guard, guard_error_policy, ctx)
             .for_each(|res| async move {
                 if let Err(e) = res {
                     warn!(error = %e, "Secret guard event");

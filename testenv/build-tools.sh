@@ -27,7 +27,12 @@ log() { printf '[build-tools] %s\n' "$*" >&2; }
 
 # has_version BIN PATTERN: the binary exists and its --version mentions PATTERN.
 has_version() {
-  [[ -x "$1" ]] && "$1" "${@:3}" 2>/dev/null | grep -qF -- "$2"
+  local out
+  [[ -x "$1" ]] || return 1
+  # Read all of it first: `grep -q` may stop reading early, and under
+  # pipefail the writer's SIGPIPE would read as "wrong version".
+  out="$("$1" "${@:3}" 2>/dev/null)" || return 1
+  grep -qF -- "$2" <<<"$out"
 }
 
 build_kube() {

@@ -1,6 +1,6 @@
 //! What each answer of the image API means: a pure table from
 //! (dialect, HTTP status, body) to an outcome or a classified error.
-//! See `cloud-api-contract.md` for where each row comes from.
+//! See `docs/cloud-api-contract.md` ("What each DELETE answer means") for each row.
 
 use std::time::Duration;
 

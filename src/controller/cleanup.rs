@@ -1,6 +1,8 @@
-//! When a CloudImage is deleted: delete its image in the cloud, and release
-//! the finalizer only when the cloud confirmed the image is gone. Cleanup
-//! needs only `spec.imageId`, `spec.cloudRef` and the Secret.
+//! When a CloudImage is deleted: gather the facts, let `plan` decide, make
+//! at most one cloud call, let `plan` read its answer, then act — release
+//! the finalizer only when the image is confirmed gone (or retained, or left
+//! to another claim), else write status and an Event and retry.
+//! Cleanup needs only `spec.imageId`, `spec.cloudRef` and the Secret.
 
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
@@ -8,237 +10,169 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use tracing::info;
 
-use super::backoff::Pace;
-use super::conditions::{self, DELETING};
-use super::decide::{self, DeletionStep, Problem};
-use super::reconcile::{cloud_for, object_key, retry};
-use super::{Context, Error, kube_io};
-use crate::cloud::{Deletion, Dialect, Lookup};
-use crate::crd::{CloudImage, CloudImageStatus, DeletionPolicy, FINALIZER};
-
-/// After an accepted deletion, how many GET checks before the DELETE is sent again.
-const RESEND_AFTER_CHECKS: u32 = 20;
-
-/// The end of a cleanup step.
-enum Outcome {
-    /// The image is confirmed gone (or retained): release the finalizer.
-    Release {
-        type_: EventType,
-        reason: &'static str,
-        note: String,
-    },
-    /// Not finished: keep the finalizer and report.
-    Step(DeletionStep),
-}
+use super::conditions::DELETING;
+use super::context::{Context, object_key};
+use super::error::Error;
+use super::kube_io;
+use super::plan::{self, Answer, Call, Facts, Outcome, Plan, Release};
+use super::reason::Reason;
+use super::status::{self, DeletionStep};
+use crate::crd::{CloudImage, FINALIZER};
 
 pub async fn cleanup(
     api: &Api<CloudImage>,
     obj: &CloudImage,
     ctx: &Context,
 ) -> Result<Action, Error> {
-    let prev = obj.status.clone().unwrap_or_default();
     let key = object_key(obj);
-    let outcome = decide_step(obj, ctx, &prev, &key).await?;
-    match outcome {
-        Outcome::Release {
-            type_,
-            reason,
-            note,
-        } => {
-            kube_io::release_finalizer(api, obj)
-                .await
-                .map_err(Error::ReleaseFinalizer)?;
-            ctx.failures.reset(&key);
-            ctx.accepted.reset(&key);
-            if reason == "ImageDeleted" {
-                ctx.metrics.image_deleted();
-            }
-            info!(reason, "finalizer released");
-            kube_io::publish(&ctx.recorder, obj, type_, reason, "DeleteImage", note).await;
-            Ok(Action::await_change())
-        }
-        Outcome::Step(step) => {
-            ctx.metrics.problem("cleanup", step.reason());
-            let next = decide::deleting_status(
-                &prev,
-                obj.metadata.generation,
-                &obj.spec.image_id,
-                &step,
-                Timestamp::now(),
-            );
-            if decide::reason_changed(&prev, &next, DELETING) {
-                let message = next
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == DELETING)
-                    .map(|c| c.message.clone())
-                    .unwrap_or_default();
-                let type_ = if matches!(step, DeletionStep::Failed { .. }) {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
+    let facts = gather(obj, ctx, &key).await;
+    let outcome = match plan::plan(&facts) {
+        Plan::Done(outcome) => outcome,
+        Plan::Call(call) => match ctx.cloud_for(obj).await {
+            Err(failure) => plan::no_cloud(failure.into_problem()?),
+            Ok(cloud) => {
+                let id = &obj.spec.image_id;
+                let answer = match call {
+                    Call::DryRunLookup | Call::ConfirmGone => {
+                        Answer::Lookup(cloud.get_image(id).await.map_err(Into::into))
+                    }
+                    Call::Delete => {
+                        let attempts = status::attempts(&prev(obj));
+                        if let Some(note) =
+                            plan::backup_ignored(cloud.dialect(), obj.spec.delete_backup, attempts)
+                        {
+                            tell(ctx, obj, true, Reason::DeleteBackupIgnored, note).await;
+                        }
+                        Answer::Deletion(
+                            cloud
+                                .delete_image(id, obj.spec.delete_backup)
+                                .await
+                                .map_err(Into::into),
+                        )
+                    }
                 };
-                kube_io::publish(
-                    &ctx.recorder,
-                    obj,
-                    type_,
-                    step.reason(),
-                    "DeleteImage",
-                    message,
-                )
-                .await;
+                plan::after_call(&facts, answer)
             }
-            kube_io::write_status(api, obj, &next)
-                .await
-                .map_err(Error::PatchStatus)?;
-            info!(
-                reason = step.reason(),
-                attempts = decide::attempts(&next),
-                "image deletion not finished"
-            );
-            Ok(match &step {
-                DeletionStep::Failed { problem, .. } => retry(ctx, obj, problem),
-                DeletionStep::Accepted { .. } => {
-                    ctx.failures.reset(&key);
-                    Action::requeue(ctx.settings.accepted_poll)
-                }
-                DeletionStep::DryRun(_) | DeletionStep::WaitingForFinalizers(_) => {
-                    Action::requeue(ctx.settings.resync)
-                }
-            })
-        }
+        },
+    };
+    match outcome {
+        Outcome::Release(release) => released(api, obj, ctx, &key, release).await,
+        Outcome::Hold(step) => held(api, obj, ctx, &key, step).await,
     }
 }
 
-async fn decide_step(
+fn prev(obj: &CloudImage) -> crate::crd::CloudImageStatus {
+    obj.status.clone().unwrap_or_default()
+}
+
+/// The facts `plan` decides on. The only I/O is waiting for the CloudImage
+/// caches (to see other claims); the acceptance counter moves here.
+async fn gather(obj: &CloudImage, ctx: &Context, key: &str) -> Facts {
+    let prev = prev(obj);
+    let accepted = status::deletion_accepted(&prev) || ctx.accepted.count(key) > 0;
+    Facts {
+        image_id: obj.spec.image_id.clone(),
+        policy: obj.spec.deletion_policy,
+        other_finalizers: obj
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect(),
+        claims: ctx.other_claims(obj).await,
+        dry_run: ctx.settings.dry_run,
+        accepted,
+        checks_since_accepted: if accepted {
+            ctx.accepted.record(key)
+        } else {
+            0
+        },
+        image_seen: status::image_was_seen(&prev),
+    }
+}
+
+async fn released(
+    api: &Api<CloudImage>,
     obj: &CloudImage,
     ctx: &Context,
-    prev: &CloudImageStatus,
     key: &str,
-) -> Result<Outcome, Error> {
-    let id = &obj.spec.image_id;
-    if obj.spec.deletion_policy == DeletionPolicy::Retain {
-        return Ok(Outcome::Release {
-            type_: EventType::Normal,
-            reason: "ImageRetained",
-            note: format!("deletionPolicy is Retain: image {id} was left in the cloud untouched"),
-        });
-    }
-    let others: Vec<String> = obj
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    if !others.is_empty() {
-        return Ok(Outcome::Step(DeletionStep::WaitingForFinalizers(others)));
-    }
-    // Another CloudImage still claims this image: it is not ours alone to
-    // delete. Release this object and leave the image to the other claim.
-    let Some(claims) = ctx.other_claims(obj).await else {
-        let problem = Problem::new(
-            "WatchNotSynced",
-            "the operator has not listed every watched namespace yet, so it cannot tell whether another CloudImage claims this image; it will retry",
-            Pace::Fast,
-        );
-        return Ok(Outcome::Step(DeletionStep::Failed {
-            problem,
-            attempted: false,
-        }));
-    };
-    if !claims.is_empty() {
-        return Ok(Outcome::Release {
-            type_: EventType::Normal,
-            reason: "ImageStillClaimed",
-            note: format!(
-                "image {id} was not deleted: it is still claimed by CloudImage {}",
-                claims.join(", ")
-            ),
-        });
-    }
-    let cloud = match cloud_for(obj, ctx).await? {
-        Ok(c) => c,
-        Err(problem) => {
-            return Ok(Outcome::Step(DeletionStep::Failed {
-                problem,
-                attempted: false,
-            }));
+    release: Release,
+) -> Result<Action, Error> {
+    kube_io::release_finalizer(api, obj)
+        .await
+        .map_err(Error::ReleaseFinalizer)?;
+    ctx.failures.reset(key);
+    ctx.accepted.reset(key);
+    ctx.metrics
+        .released(release.reason, obj.metadata.deletion_timestamp.as_ref());
+    info!(reason = %release.reason, "finalizer released");
+    tell(ctx, obj, release.warning, release.reason, release.note).await;
+    Ok(Action::await_change())
+}
+
+async fn held(
+    api: &Api<CloudImage>,
+    obj: &CloudImage,
+    ctx: &Context,
+    key: &str,
+    step: DeletionStep,
+) -> Result<Action, Error> {
+    let prev = prev(obj);
+    if matches!(
+        step,
+        DeletionStep::Accepted {
+            attempted: true,
+            ..
         }
-    };
-    let failed = |problem: Problem, attempted: bool| {
-        Outcome::Step(DeletionStep::Failed { problem, attempted })
-    };
-
-    if ctx.settings.dry_run {
-        return Ok(match cloud.get_image(id).await {
-            Ok(Lookup::Found(info)) => Outcome::Step(DeletionStep::DryRun(Some(info))),
-            Ok(Lookup::NotFound) => Outcome::Step(DeletionStep::DryRun(None)),
-            Err(e) => failed(e.into(), false),
-        });
+    ) {
+        // Remembered in memory too, so a cache that has not caught up with
+        // the status never causes a second DELETE.
+        ctx.accepted.record(key);
     }
-
-    // The cloud accepted an earlier DELETE: confirm with GET until 404. The
-    // acceptance is remembered in memory too, so a watch cache that has not
-    // caught up with the status never causes a second DELETE. Every
-    // RESEND_AFTER_CHECKS checks the DELETE is sent again, in case the
-    // cloud's own deletion failed (a repeated DELETE is harmless).
-    let accepted = ctx.accepted.count(key) > 0
-        || conditions::reason(&prev.conditions, DELETING) == Some("DeletionAccepted");
-    if accepted && !ctx.accepted.record(key).is_multiple_of(RESEND_AFTER_CHECKS) {
-        return Ok(match cloud.get_image(id).await {
-            Ok(Lookup::NotFound) => Outcome::Release {
-                type_: EventType::Normal,
-                reason: "ImageDeleted",
-                note: format!("the cloud no longer lists image {id}: deletion confirmed"),
-            },
-            Ok(Lookup::Found(info)) => Outcome::Step(DeletionStep::Accepted {
-                image: Some(info),
-                attempted: false,
-            }),
-            Err(e) => failed(e.into(), false),
-        });
+    ctx.metrics.problem("cleanup", step.reason());
+    let next = status::deleting_status(
+        &prev,
+        obj.metadata.generation,
+        &obj.spec.image_id,
+        &step,
+        Timestamp::now(),
+    );
+    if status::reason_changed(&prev, &next, DELETING) {
+        let message = next
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DELETING)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        let warning = matches!(step, DeletionStep::Failed { .. });
+        tell(ctx, obj, warning, step.reason(), message).await;
     }
-
-    if cloud.dialect() == Dialect::OpenStack
-        && obj.spec.delete_backup
-        && decide::attempts(prev) == 0
-    {
-        let note = "deleteBackup is true, but this cloud is OpenStack Glance, which has no backups behind images: only the image is deleted".to_owned();
-        kube_io::publish(
-            &ctx.recorder,
-            obj,
-            EventType::Warning,
-            "DeleteBackupIgnored",
-            "DeleteImage",
-            note,
-        )
-        .await;
-    }
-    Ok(match cloud.delete_image(id, obj.spec.delete_backup).await {
-        Ok(Deletion::Deleted) => Outcome::Release {
-            type_: EventType::Normal,
-            reason: "ImageDeleted",
-            note: format!("image {id} deleted from the cloud"),
-        },
-        Ok(Deletion::AlreadyGone) if decide::image_was_seen(prev) => Outcome::Release {
-            type_: EventType::Normal,
-            reason: "ImageAlreadyGone",
-            note: format!("image {id} was already gone from the cloud (404)"),
-        },
-        Ok(Deletion::AlreadyGone) => Outcome::Release {
-            type_: EventType::Warning,
-            reason: "ImageNotFound",
-            note: format!(
-                "image {id} was not found with these credentials (404), so there was nothing to delete. If it exists in a project these credentials cannot see, it was NOT deleted"
-            ),
-        },
-        Ok(Deletion::Accepted) => {
-            ctx.accepted.record(key);
-            Outcome::Step(DeletionStep::Accepted {
-                image: None,
-                attempted: true,
-            })
+    kube_io::write_status(api, obj, &next)
+        .await
+        .map_err(Error::PatchStatus)?;
+    info!(
+        reason = %step.reason(),
+        attempts = status::attempts(&next),
+        "image deletion not finished"
+    );
+    Ok(match &step {
+        DeletionStep::Failed { problem, .. } => ctx.retry(obj, problem),
+        DeletionStep::Accepted { .. } => {
+            ctx.failures.reset(key);
+            Action::requeue(ctx.settings.accepted_poll)
         }
-        Err(e) => failed(e.into(), true),
+        DeletionStep::DryRun(_) | DeletionStep::WaitingForFinalizers(_) => {
+            Action::requeue(ctx.settings.resync)
+        }
     })
+}
+
+/// An Event about the deletion of `obj`'s image.
+async fn tell(ctx: &Context, obj: &CloudImage, warning: bool, reason: Reason, note: String) {
+    let type_ = if warning {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    kube_io::publish(&ctx.recorder, obj, type_, reason, "DeleteImage", note).await;
 }

@@ -4,6 +4,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
+use super::reason::Reason;
+
 pub const READY: &str = "Ready";
 pub const DELETING: &str = "Deleting";
 
@@ -12,7 +14,7 @@ pub const DELETING: &str = "Deleting";
 pub struct Wanted<'a> {
     pub type_: &'a str,
     pub status: bool,
-    pub reason: &'a str,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -33,7 +35,7 @@ pub fn set(
     let c = Condition {
         type_: wanted.type_.to_owned(),
         status,
-        reason: wanted.reason.to_owned(),
+        reason: wanted.reason.as_str().to_owned(),
         message: wanted.message,
         observed_generation: generation,
         last_transition_time,
@@ -65,7 +67,7 @@ mod tests {
         s.parse().expect("date")
     }
 
-    fn wanted(status: bool, reason: &str) -> Wanted<'_> {
+    fn wanted(status: bool, reason: Reason) -> Wanted<'static> {
         Wanted {
             type_: READY,
             status,
@@ -79,14 +81,14 @@ mod tests {
         let mut c = Vec::new();
         set(
             &mut c,
-            wanted(false, "ImageNotFound"),
+            wanted(false, Reason::ImageNotFound),
             Some(1),
             at("2026-01-01T00:00:00Z"),
         );
         assert_eq!(c[0].last_transition_time, Time(at("2026-01-01T00:00:00Z")));
         set(
             &mut c,
-            wanted(false, "CloudUnavailable"),
+            wanted(false, Reason::CloudUnavailable),
             Some(2),
             at("2026-01-01T00:05:00Z"),
         );
@@ -100,7 +102,7 @@ mod tests {
         );
         set(
             &mut c,
-            wanted(true, "ImageAvailable"),
+            wanted(true, Reason::ImageAvailable),
             Some(2),
             at("2026-01-01T00:10:00Z"),
         );
@@ -113,7 +115,7 @@ mod tests {
         let mut c = Vec::new();
         set(
             &mut c,
-            wanted(true, "ImageAvailable"),
+            wanted(true, Reason::ImageAvailable),
             None,
             at("2026-01-01T00:00:00Z"),
         );
@@ -122,7 +124,7 @@ mod tests {
             Wanted {
                 type_: DELETING,
                 status: true,
-                reason: "Protected",
+                reason: Reason::Protected,
                 message: String::new(),
             },
             None,

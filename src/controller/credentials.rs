@@ -14,22 +14,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 
 use super::backoff::Pace;
-use super::decide::Problem;
+use super::error::{Error, Failure};
+use super::problem::Problem;
+use super::reason::Reason;
 use crate::cloud::clouds_yaml::{self, CloudConfig, CloudsYamlError};
 use crate::crd::{CloudRef, SECRET_FINALIZER};
 
 pub const CLOUDS_YAML_KEY: &str = "clouds.yaml";
 pub const CACERT_KEY: &str = "cacert";
 
-/// Why credentials could not be read: a status problem, or an API failure to retry.
-#[derive(Debug)]
-pub enum CredentialsError {
-    Problem(Problem),
-    Api(kube::Error),
-}
-
-fn missing(msg: String) -> CredentialsError {
-    CredentialsError::Problem(Problem::new("CredentialsMissing", msg, Pace::Slow))
+fn missing(msg: String) -> Failure {
+    Problem::new(Reason::CredentialsMissing, msg, Pace::Slow).into()
 }
 
 /// What the reader saw of the Secret itself, for holding it.
@@ -159,15 +154,12 @@ pub async fn read(
     namespace: &str,
     cloud_ref: &CloudRef,
     on_get: impl FnOnce(),
-) -> (Option<SecretSeen>, Result<CloudConfig, CredentialsError>) {
+) -> (Option<SecretSeen>, Result<CloudConfig, Failure>) {
     if let Some(meta) = current
         && let Some(version) = Version::of(meta)
         && let Some(hit) = cache.lookup(namespace, cloud_ref, &version)
     {
-        return (
-            Some(SecretSeen::of(meta)),
-            hit.map_err(CredentialsError::Problem),
-        );
+        return (Some(SecretSeen::of(meta)), hit.map_err(Failure::Problem));
     }
     on_get();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
@@ -191,15 +183,15 @@ pub async fn read(
                 ))),
             );
         }
-        Err(e) => return (None, Err(CredentialsError::Api(e))),
+        Err(e) => return (None, Err(Error::ReadCredentials(e).into())),
     };
     let seen = SecretSeen::of(&secret.metadata);
     let parsed = parse_secret(&secret, namespace, cloud_ref);
     if let Some(version) = Version::of(&secret.metadata) {
         let to_cache = match &parsed {
             Ok(cfg) => Some(Ok(cfg.clone())),
-            Err(CredentialsError::Problem(p)) => Some(Err(p.clone())),
-            Err(CredentialsError::Api(_)) => None,
+            Err(Failure::Problem(p)) => Some(Err(p.clone())),
+            Err(Failure::Kube(_)) => None,
         };
         if let Some(c) = to_cache {
             cache.store(namespace, cloud_ref, version, c);
@@ -213,7 +205,7 @@ pub fn parse_secret(
     secret: &Secret,
     namespace: &str,
     cloud_ref: &CloudRef,
-) -> Result<CloudConfig, CredentialsError> {
+) -> Result<CloudConfig, Failure> {
     let name = &cloud_ref.secret_name;
     let data = secret.data.as_ref();
     let get = |key: &str| -> Option<Vec<u8>> {
@@ -232,8 +224,8 @@ pub fn parse_secret(
             "Secret {namespace}/{name} has no `{CLOUDS_YAML_KEY}` key"
         ))
     })?;
-    let invalid = |msg: String| {
-        CredentialsError::Problem(Problem::new("CredentialsInvalid", msg, Pace::Slow))
+    let invalid = |msg: String| -> Failure {
+        Problem::new(Reason::CredentialsInvalid, msg, Pace::Slow).into()
     };
     let text = String::from_utf8(raw).map_err(|_| {
         invalid(format!(
@@ -272,9 +264,9 @@ mod tests {
         }
     }
 
-    fn reason(r: Result<CloudConfig, CredentialsError>) -> &'static str {
+    fn reason(r: Result<CloudConfig, Failure>) -> &'static str {
         match r {
-            Err(CredentialsError::Problem(p)) => p.reason,
+            Err(Failure::Problem(p)) => p.reason.as_str(),
             other => panic!("expected a problem, got {other:?}"),
         }
     }

@@ -2,12 +2,15 @@
 //! apply, skipped when nothing changed), adding and releasing the
 //! finalizer, and Events.
 
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, PatchOperation, RemoveOperation, TestOperation};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 use tracing::warn;
 
+use super::reason::Reason;
 use crate::cloud::error::truncate;
 use crate::crd::{CloudImage, CloudImageStatus, FINALIZER};
 
@@ -36,26 +39,61 @@ pub async fn write_status(
     Ok(())
 }
 
-/// Adds the finalizer; the JSON patch's `test` makes it fail (and retry)
-/// rather than overwrite a concurrent change of the finalizer list.
-pub async fn add_finalizer(api: &Api<CloudImage>, obj: &CloudImage) -> Result<(), kube::Error> {
-    let patch = if obj.finalizers().is_empty() {
-        json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": null},
-            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}
-        ])
+fn finalizers_path() -> PointerBuf {
+    PointerBuf::from_tokens(["metadata", "finalizers"])
+}
+
+/// The JSON patch that adds the finalizer to an object whose finalizers are
+/// `current`. Its `test` makes it fail (and retry) rather than overwrite a
+/// concurrent change of the list.
+pub fn add_finalizer_patch(current: &[String]) -> json_patch::Patch {
+    let (test, add) = if current.is_empty() {
+        (
+            TestOperation {
+                path: finalizers_path(),
+                value: Value::Null,
+            },
+            AddOperation {
+                path: finalizers_path(),
+                value: json!([FINALIZER]),
+            },
+        )
     } else {
-        json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": obj.finalizers()},
-            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}
-        ])
+        let mut end = finalizers_path();
+        end.push_back("-");
+        (
+            TestOperation {
+                path: finalizers_path(),
+                value: json!(current),
+            },
+            AddOperation {
+                path: end,
+                value: json!(FINALIZER),
+            },
+        )
     };
-    let patch: json_patch::Patch =
-        serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+    json_patch::Patch(vec![PatchOperation::Test(test), PatchOperation::Add(add)])
+}
+
+/// The JSON patch that removes the finalizer at `index`, only if it is still there.
+pub fn release_finalizer_patch(index: usize) -> json_patch::Patch {
+    let mut path = finalizers_path();
+    path.push_back(index);
+    json_patch::Patch(vec![
+        PatchOperation::Test(TestOperation {
+            path: path.clone(),
+            value: json!(FINALIZER),
+        }),
+        PatchOperation::Remove(RemoveOperation { path }),
+    ])
+}
+
+/// Adds the finalizer (see [`add_finalizer_patch`]).
+pub async fn add_finalizer(api: &Api<CloudImage>, obj: &CloudImage) -> Result<(), kube::Error> {
     api.patch(
         &obj.name_any(),
         &PatchParams::default(),
-        &Patch::<()>::Json(patch),
+        &Patch::<()>::Json(add_finalizer_patch(obj.finalizers())),
     )
     .await?;
     Ok(())
@@ -66,17 +104,11 @@ pub async fn release_finalizer(api: &Api<CloudImage>, obj: &CloudImage) -> Resul
     let Some(i) = obj.finalizers().iter().position(|f| f == FINALIZER) else {
         return Ok(());
     };
-    let path = format!("/metadata/finalizers/{i}");
-    let patch: json_patch::Patch = serde_json::from_value(json!([
-        {"op": "test", "path": path, "value": FINALIZER},
-        {"op": "remove", "path": path}
-    ]))
-    .map_err(kube::Error::SerdeError)?;
     match api
         .patch(
             &obj.name_any(),
             &PatchParams::default(),
-            &Patch::<()>::Json(patch),
+            &Patch::<()>::Json(release_finalizer_patch(i)),
         )
         .await
     {
@@ -94,18 +126,48 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
     recorder: &Recorder,
     obj: &K,
     type_: EventType,
-    reason: &str,
+    reason: Reason,
     action: &str,
     note: String,
 ) {
     let ev = Event {
         type_,
-        reason: reason.to_owned(),
+        reason: reason.as_str().to_owned(),
         note: Some(truncate(note, 1024)),
         action: action.to_owned(),
         secondary: None,
     };
     if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
-        warn!(error = %e, reason, "could not record an Event");
+        warn!(error = %e, %reason, "could not record an Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finalizer_patches_test_before_they_change() {
+        assert_eq!(
+            serde_json::to_value(add_finalizer_patch(&[])).expect("json"),
+            json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}
+            ])
+        );
+        assert_eq!(
+            serde_json::to_value(add_finalizer_patch(&["x.io/y".to_owned()])).expect("json"),
+            json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": ["x.io/y"]},
+                {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}
+            ])
+        );
+        assert_eq!(
+            serde_json::to_value(release_finalizer_patch(1)).expect("json"),
+            json!([
+                {"op": "test", "path": "/metadata/finalizers/1", "value": FINALIZER},
+                {"op": "remove", "path": "/metadata/finalizers/1"}
+            ])
+        );
     }
 }

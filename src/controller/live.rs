@@ -8,9 +8,12 @@ use kube::runtime::events::EventType;
 use tracing::info;
 
 use super::conditions::READY;
-use super::decide::{self, Problem};
-use super::reconcile::{cloud_for, object_key, retry};
-use super::{Context, Error, kube_io};
+use super::context::{Context, object_key};
+use super::error::Error;
+use super::kube_io;
+use super::problem::Problem;
+use super::reason::Reason;
+use super::status;
 use crate::cloud::Lookup;
 use crate::crd::CloudImage;
 
@@ -21,18 +24,18 @@ pub async fn observe(
 ) -> Result<Action, Error> {
     let prev = obj.status.clone().unwrap_or_default();
     let id = &obj.spec.image_id;
-    let result: Result<Lookup, Problem> = match cloud_for(obj, ctx).await? {
+    let result: Result<Lookup, Problem> = match ctx.cloud_for(obj).await {
         Ok(cloud) => cloud.get_image(id).await.map_err(Problem::from),
-        Err(p) => Err(p),
+        Err(failure) => Err(failure.into_problem()?),
     };
-    let next = decide::live_status(
+    let next = status::live_status(
         &prev,
         obj.metadata.generation,
         id,
         &result,
         Timestamp::now(),
     );
-    if decide::reason_changed(&prev, &next, READY) {
+    if status::reason_changed(&prev, &next, READY) {
         match &result {
             Ok(Lookup::NotFound) => {
                 let note = format!(
@@ -42,7 +45,7 @@ pub async fn observe(
                     &ctx.recorder,
                     obj,
                     EventType::Warning,
-                    "ImageNotFound",
+                    Reason::ImageNotFound,
                     "GetImage",
                     note,
                 )
@@ -73,8 +76,8 @@ pub async fn observe(
         }
         Err(p) => {
             ctx.metrics.problem("live", p.reason);
-            info!(reason = p.reason, "image check failed");
-            Ok(retry(ctx, obj, p))
+            info!(reason = %p.reason, "image check failed");
+            Ok(ctx.retry(obj, p))
         }
     }
 }

@@ -4,7 +4,7 @@
 //! Glance cannot produce IMS's dialect: the `{"delete_backup": bool}` DELETE
 //! body, a 204 that only means "accepted" (GET keeps finding the image for a
 //! while), and `IMG.xxxx` error codes returned as 400. It follows
-//! `cloud-api-contract.md` and nothing more. Authentication still goes to the
+//! `docs/cloud-api-contract.md` and nothing more. Authentication still goes to the
 //! real Keystone; the double only checks that a token is present.
 
 use std::collections::HashMap;

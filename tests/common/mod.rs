@@ -10,6 +10,7 @@ pub mod relay;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -23,42 +24,59 @@ use serde_json::json;
 
 use cloudimage_operator::crd::{CloudImage, CloudImageStatus};
 
-/// The environment file written by `testenv/env.sh up`.
+/// The environment `testenv/env.sh up` started, as its `env.json` describes it
+/// (the keys of the sourceable `env` file, every value a string).
 #[derive(Clone, Debug)]
 pub struct TestEnv {
     pub vars: BTreeMap<String, String>,
 }
 
 impl TestEnv {
-    pub fn load() -> TestEnv {
-        let dir = std::env::var("CLOUDIMAGE_TESTENV_DIR")
+    /// The state dir: `CLOUDIMAGE_TESTENV_DIR`, else env.sh's default.
+    pub fn dir() -> PathBuf {
+        std::env::var("CLOUDIMAGE_TESTENV_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|_| {
                 let home = std::env::var("HOME").expect("HOME is set");
                 PathBuf::from(home).join(".cache/cloudimage-testenv/run")
+            })
+    }
+
+    /// Reads `env.json` once per process. Without one there is no environment:
+    /// one line on stderr naming the command to run, and exit status 2 (no
+    /// panic in every test).
+    pub fn load() -> TestEnv {
+        static ENV: OnceLock<TestEnv> = OnceLock::new();
+        ENV.get_or_init(|| {
+            let path = Self::dir().join("env.json");
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    use std::io::Write as _;
+                    // Straight to fd 2: the test harness captures `eprintln!`.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "no test environment at {}: start one with testenv/env.sh up \
+                         (or run everything with testenv/run-tests.sh)",
+                        path.display()
+                    );
+                    std::process::exit(2);
+                }
+                Err(e) => panic!("cannot read {}: {e}", path.display()),
+            };
+            let vars = serde_json::from_str(&text).unwrap_or_else(|e| {
+                panic!("{} is not a JSON object of strings: {e}", path.display())
             });
-        let path = dir.join("env");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "cannot read {} ({e}): start the test environment first with `testenv/env.sh up`",
-                path.display()
-            )
-        });
-        let mut vars = BTreeMap::new();
-        for line in text.lines() {
-            let line = line.trim().trim_start_matches("export ").trim();
-            if let Some((k, v)) = line.split_once('=') {
-                vars.insert(k.to_owned(), unquote(v));
-            }
-        }
-        TestEnv { vars }
+            TestEnv { vars }
+        })
+        .clone()
     }
 
     pub fn var(&self, k: &str) -> String {
         self.vars
             .get(k)
             .cloned()
-            .unwrap_or_else(|| panic!("the test environment file has no {k}"))
+            .unwrap_or_else(|| panic!("the test environment's env.json has no {k}"))
     }
 
     pub fn keystone_url(&self) -> String {
@@ -106,29 +124,6 @@ impl TestEnv {
             .await
             .expect("kube config");
         Client::try_from(cfg).expect("kube client")
-    }
-}
-
-fn unquote(v: &str) -> String {
-    let v = v.trim();
-    if v.len() >= 2
-        && ((v.starts_with('\'') && v.ends_with('\'')) || (v.starts_with('"') && v.ends_with('"')))
-    {
-        v[1..v.len() - 1].to_owned()
-    } else {
-        // printf %q escapes with backslashes
-        let mut out = String::new();
-        let mut chars = v.chars();
-        while let Some(c) = chars.next() {
-            if c == '\\' {
-                if let Some(n) = chars.next() {
-                    out.push(n);
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
     }
 }
 

@@ -1,31 +1,24 @@
-//! The credentials Secrets: the operator holds every Secret that a CloudImage
-//! names with its own finalizer ([`SECRET_FINALIZER`]), so that deleting a
-//! namespace, pruning an app or uninstalling a release — which delete the
-//! Secret and its CloudImages together — cannot take the credentials away
-//! before the images are deleted. The guard ([`guard`]) lets a Secret go once
-//! no CloudImage in its namespace needs it.
+//! Holding credentials Secrets: the operator puts its own finalizer
+//! ([`SECRET_FINALIZER`]) on every Secret that a CloudImage names, so that
+//! deleting a namespace, pruning an app or uninstalling a release — which
+//! delete the Secret and its CloudImages together — cannot take the
+//! credentials away before the images are deleted. This module holds the
+//! pure rules (who needs a Secret, which changes matter, the guard's step)
+//! and the two patches; `guard` runs them.
 //!
 //! Secrets are watched as metadata only, never their data, and the cached
 //! metadata keeps no labels, annotations or managed fields (`kubectl apply`
 //! keeps a whole copy of a Secret, data included, in an annotation).
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use serde_json::json;
-use tracing::{debug, info, warn};
 
-use super::backoff::{self, Pace};
 use super::credentials::SecretSeen;
-use super::{Context, Error, kube_io};
 use crate::crd::{CloudImage, FINALIZER, SECRET_FINALIZER};
 
 /// A Secret as the operator caches it: metadata only.
@@ -186,88 +179,6 @@ pub fn in_use_note(users: &[String]) -> String {
     format!(
         "this Secret is still needed by CloudImage {list}: the finalizer {SECRET_FINALIZER} keeps it (Terminating, still readable) until their images are deleted, then the Secret goes"
     )
-}
-
-/// Reconciles one Secret's hold: keeps it while CloudImages need it and
-/// releases it when none does, including after the operator was down while
-/// the last one went away (every Secret is looked at when the watch starts).
-pub async fn guard(secret: Arc<SecretMeta>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = secret.namespace().unwrap_or_default();
-    let name = secret.name_any();
-    if !SecretSeen::of(&secret.metadata).held {
-        return Ok(Action::await_change());
-    }
-    // The CloudImage caches must be complete before "no user" means anything.
-    if !ctx.stores_ready(Duration::from_secs(10)).await {
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
-    match guard_step(&secret, ctx.secret_users(&ns, &name)) {
-        GuardStep::NotHeld => Ok(Action::await_change()),
-        GuardStep::Keep { users, announce } => {
-            if announce && ctx.first_announcement(&secret) {
-                kube_io::publish(
-                    &ctx.recorder,
-                    secret.as_ref(),
-                    EventType::Normal,
-                    "SecretInUse",
-                    "HoldSecret",
-                    in_use_note(&users),
-                )
-                .await;
-                info!(namespace = %ns, secret = %name, users = users.len(), "deleted Secret kept while CloudImages need it");
-            }
-            debug!(namespace = %ns, secret = %name, users = users.len(), "Secret still needed");
-            ctx.failures.reset(&guard_key(&ns, &name));
-            Ok(Action::requeue(ctx.settings.resync))
-        }
-        GuardStep::LetGo => {
-            // The cache may lag behind a CloudImage created a moment ago: ask
-            // the API before letting go.
-            let api: Api<CloudImage> = Api::namespaced(ctx.client.clone(), &ns);
-            let fresh = api
-                .list(&ListParams::default())
-                .await
-                .map_err(Error::ListCloudImages)?;
-            if !users(&ns, &name, fresh.items.iter()).is_empty() {
-                return Ok(Action::requeue(Duration::from_secs(1)));
-            }
-            let rv = secret.resource_version().unwrap_or_default();
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-            match let_go(&secrets, &name, &rv).await {
-                Ok(()) => {}
-                // Gone already, or changed since the cache saw it: look again.
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    return Ok(Action::requeue(Duration::from_secs(1)));
-                }
-                Err(e) => return Err(Error::ReleaseSecret(e)),
-            }
-            ctx.credentials.forget(&ns, &name);
-            ctx.forget_announcement(&secret);
-            ctx.failures.reset(&guard_key(&ns, &name));
-            ctx.metrics.secret_released();
-            info!(namespace = %ns, secret = %name, "no CloudImage needs this Secret any more: finalizer removed");
-            Ok(Action::await_change())
-        }
-    }
-}
-
-fn guard_key(ns: &str, name: &str) -> String {
-    format!("secret:{ns}/{name}")
-}
-
-/// Kubernetes API failures of the guard: logged and retried with the fast backoff.
-pub fn guard_error_policy(secret: Arc<SecretMeta>, err: &Error, ctx: Arc<Context>) -> Action {
-    let ns = secret.namespace().unwrap_or_default();
-    let name = secret.name_any();
-    let failures = ctx.failures.record(&guard_key(&ns, &name));
-    warn!(namespace = %ns, secret = %name, reason = err.reason(), error = %err, failures, "Secret guard failed");
-    Action::requeue(backoff::jittered(
-        &ctx.settings.backoff,
-        Pace::Fast,
-        failures,
-        None,
-    ))
 }
 
 #[cfg(test)]

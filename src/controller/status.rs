@@ -1,62 +1,15 @@
-//! The reconciler's decisions, free of I/O: from the object, what the cloud
-//! said and the time, to the next status and whether a user must be told.
+//! Status, computed without I/O: from the previous status, what the cloud
+//! said (or the step a deletion reached) and the time, to the next status,
+//! and whether a user must be told.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use super::backoff::Pace;
 use super::conditions::{self, DELETING, READY, Wanted};
-use crate::cloud::{CloudError, ImageInfo, Lookup};
+use super::problem::Problem;
+use super::reason::Reason;
+use crate::cloud::{ImageInfo, Lookup};
 use crate::crd::{CloudImageStatus, DeletionError, DeletionProgress, ImageObservation};
-
-/// Why a step could not be completed, in the words status and Events use.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Problem {
-    pub reason: &'static str,
-    pub message: String,
-    pub http_status: Option<u16>,
-    pub request_id: Option<String>,
-    pub pace: Pace,
-    pub retry_after: Option<std::time::Duration>,
-}
-
-impl Problem {
-    pub fn new(reason: &'static str, message: impl Into<String>, pace: Pace) -> Self {
-        Problem {
-            reason,
-            message: message.into(),
-            http_status: None,
-            request_id: None,
-            pace,
-            retry_after: None,
-        }
-    }
-
-    /// The message with the cloud's request id, as shown in conditions and Events.
-    pub fn full_message(&self) -> String {
-        match &self.request_id {
-            Some(r) => format!("{} (request id {r})", self.message),
-            None => self.message.clone(),
-        }
-    }
-}
-
-impl From<CloudError> for Problem {
-    fn from(e: CloudError) -> Self {
-        Problem {
-            reason: e.kind.reason(),
-            pace: if e.kind.is_transient() {
-                Pace::Fast
-            } else {
-                Pace::Slow
-            },
-            message: e.message,
-            http_status: e.http_status,
-            request_id: e.request_id,
-            retry_after: e.retry_after,
-        }
-    }
-}
 
 /// Where a deletion stands after one step.
 #[derive(Clone, Debug, PartialEq)]
@@ -75,11 +28,11 @@ pub enum DeletionStep {
 }
 
 impl DeletionStep {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            DeletionStep::WaitingForFinalizers(_) => "WaitingForFinalizers",
-            DeletionStep::Accepted { .. } => "DeletionAccepted",
-            DeletionStep::DryRun(_) => "DryRun",
+            DeletionStep::WaitingForFinalizers(_) => Reason::WaitingForFinalizers,
+            DeletionStep::Accepted { .. } => Reason::DeletionAccepted,
+            DeletionStep::DryRun(_) => Reason::DryRun,
             DeletionStep::Failed { problem, .. } => problem.reason,
         }
     }
@@ -122,14 +75,14 @@ pub fn live_status(
                 Wanted {
                     type_: READY,
                     status: true,
-                    reason: "ImageAvailable",
+                    reason: Reason::ImageAvailable,
                     message: format!("image {image_id} is active{protected}"),
                 }
             } else {
                 Wanted {
                     type_: READY,
                     status: false,
-                    reason: "ImageNotActive",
+                    reason: Reason::ImageNotActive,
                     message: format!("image {image_id} is {state}{protected}"),
                 }
             }
@@ -142,7 +95,7 @@ pub fn live_status(
             Wanted {
                 type_: READY,
                 status: false,
-                reason: "ImageNotFound",
+                reason: Reason::ImageNotFound,
                 message: format!(
                     "image {image_id} was not found: it was deleted outside Kubernetes, or these credentials cannot see it (another project's private image). The operator does not recreate images."
                 ),
@@ -176,6 +129,9 @@ pub fn deleting_status(
         }
         _ => false,
     };
+    if matches!(step, DeletionStep::Accepted { .. }) {
+        progress.accepted_time.get_or_insert(Time(now));
+    }
     if attempted {
         progress.attempts = progress.attempts.saturating_add(1);
         progress.first_attempt_time.get_or_insert(Time(now));
@@ -198,7 +154,7 @@ pub fn deleting_status(
     };
     progress.last_error = match step {
         DeletionStep::Failed { problem, .. } => Some(DeletionError {
-            reason: problem.reason.to_owned(),
+            reason: problem.reason.as_str().to_owned(),
             message: problem.message.clone(),
             http_status: problem.http_status,
             request_id: problem.request_id.clone(),
@@ -229,7 +185,7 @@ pub fn deleting_status(
         Wanted {
             type_: READY,
             status: false,
-            reason: "Deleting",
+            reason: Reason::Deleting,
             message: format!("the CloudImage is being deleted ({})", step.reason()),
         },
         generation,
@@ -251,6 +207,14 @@ pub fn image_was_seen(prev: &CloudImageStatus) -> bool {
     })
 }
 
+/// Whether the cloud accepted a DELETE of this object's image (kept in
+/// `status.deletion.acceptedTime`, not read back from a condition).
+pub fn deletion_accepted(s: &CloudImageStatus) -> bool {
+    s.deletion
+        .as_ref()
+        .is_some_and(|d| d.accepted_time.is_some())
+}
+
 /// How many deletion attempts the status records so far.
 pub fn attempts(s: &CloudImageStatus) -> i32 {
     s.deletion
@@ -262,7 +226,8 @@ pub fn attempts(s: &CloudImageStatus) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cloud::ErrorKind;
+    use crate::cloud::{CloudError, ErrorKind};
+    use crate::controller::backoff::Pace;
 
     const ID: &str = "4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90";
 
@@ -330,7 +295,11 @@ mod tests {
             &Ok(Lookup::Found(active(false))),
             at(0),
         );
-        let p = Problem::new("CredentialsMissing", "Secret creds not found", Pace::Slow);
+        let p = Problem::new(
+            Reason::CredentialsMissing,
+            "Secret creds not found",
+            Pace::Slow,
+        );
         let next = live_status(&s, Some(1), ID, &Err(p), at(1));
         assert_eq!(
             conditions::reason(&next.conditions, READY),
@@ -428,7 +397,7 @@ mod tests {
         );
         assert_eq!(
             Problem::from(CloudError::new(ErrorKind::Unavailable, "x")).reason,
-            "CloudUnavailable"
+            Reason::CloudUnavailable
         );
     }
 
