@@ -1,6 +1,6 @@
-//! The admin endpoints for probes and scraping: `/livez`, `/readyz` (ready
-//! once every watch has listed its CloudImages) and `/metrics` (OpenMetrics
-//! text of `metrics::Metrics`).
+//! The admin endpoints, on two ports: `/livez` and `/readyz` (ready once
+//! every watch has listed its CloudImages) for probes, and `/metrics`
+//! (OpenMetrics text of `metrics::Metrics`) for scraping.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,15 +14,9 @@ use kube::runtime::reflector::Store;
 use crate::crd::CloudImage;
 use crate::metrics::Metrics;
 
-#[derive(Clone)]
-struct AdminState {
-    metrics: Arc<Metrics>,
-    stores: Vec<Store<CloudImage>>,
-}
-
-async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
+async fn readyz(State(stores): State<Vec<Store<CloudImage>>>) -> (StatusCode, &'static str) {
     // A store is readable only after its watch's first complete list.
-    let ready = futures::future::join_all(s.stores.iter().map(|st| {
+    let ready = futures::future::join_all(stores.iter().map(|st| {
         let st = st.clone();
         async move {
             tokio::time::timeout(std::time::Duration::from_millis(10), st.wait_until_ready())
@@ -40,29 +34,49 @@ async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
     }
 }
 
-/// Binds `addr` and serves until `shutdown` resolves. Returns the bound address.
-pub async fn serve(
+/// Serves `/livez` and `/readyz` on `addr` until `shutdown` resolves.
+/// Returns the bound address.
+pub async fn serve_health(
     addr: SocketAddr,
-    metrics: Arc<Metrics>,
     stores: Vec<Store<CloudImage>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
     let app = Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .with_state(stores);
+    serve(addr, app, shutdown).await
+}
+
+/// Serves `/metrics` on `addr` until `shutdown` resolves (a port of its own,
+/// so it can be bound to loopback or left out while probes stay reachable).
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<SocketAddr> {
+    let app = Router::new()
         .route(
             "/metrics",
-            get(|State(s): State<AdminState>| async move {
+            get(|State(m): State<Arc<Metrics>>| async move {
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    s.metrics.render(),
+                    m.render(),
                 )
             }),
         )
-        .with_state(AdminState { metrics, stores });
+        .with_state(metrics);
+    serve(addr, app, shutdown).await
+}
+
+async fn serve(
+    addr: SocketAddr,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {

@@ -24,8 +24,8 @@ pub struct Args {
     #[arg(long = "namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
 
-    /// How many CloudImages are reconciled at the same time.
-    #[arg(long, env = "CLOUDIMAGE_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// How many CloudImages are reconciled at the same time, in all.
+    #[arg(long, env = "CLOUDIMAGE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
 
     /// How often a healthy CloudImage's image is looked up again (e.g. 30s, 5m, 1h).
@@ -53,9 +53,44 @@ pub struct Args {
     #[arg(long, env = "CLOUDIMAGE_DRY_RUN")]
     pub dry_run: bool,
 
-    /// Address of the admin endpoints (/livez, /readyz, /metrics). Port 0 picks a free one.
-    #[arg(long, env = "CLOUDIMAGE_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
-    pub admin_addr: std::net::SocketAddr,
+    /// How many CloudImages of one namespace are reconciled at the same
+    /// time, at most (default: half of --concurrency, at least 1), so one
+    /// namespace cannot hold every slot.
+    #[arg(long, env = "CLOUDIMAGE_PER_NAMESPACE_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub per_namespace_concurrency: Option<u16>,
+
+    /// Networks the operator may call (auth_url, image endpoints), as CIDRs;
+    /// repeat or comma-separate. Empty: any address not denied.
+    #[arg(
+        long = "allow-cidr",
+        env = "CLOUDIMAGE_ALLOW_CIDRS",
+        value_delimiter = ','
+    )]
+    pub allow_cidrs: Vec<ipnet::IpNet>,
+
+    /// Networks the operator must never call, as CIDRs; repeat or
+    /// comma-separate. Checked on every resolved address, so DNS cannot get
+    /// around it. Deny link-local (169.254.0.0/16, the cloud metadata
+    /// service) and the cluster's pod and service ranges.
+    #[arg(
+        long = "deny-cidr",
+        env = "CLOUDIMAGE_DENY_CIDRS",
+        value_delimiter = ','
+    )]
+    pub deny_cidrs: Vec<ipnet::IpNet>,
+
+    /// Refuse `http://` endpoints and `verify: false` (CredentialsInvalid)
+    /// instead of warning about them.
+    #[arg(long, env = "CLOUDIMAGE_REFUSE_INSECURE")]
+    pub refuse_insecure: bool,
+
+    /// Address of the health endpoints (/livez, /readyz). Port 0 picks a free one.
+    #[arg(long, env = "CLOUDIMAGE_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
+    pub health_addr: std::net::SocketAddr,
+
+    /// Address of the metrics endpoint (/metrics), or `off`. Port 0 picks a free one.
+    #[arg(long, env = "CLOUDIMAGE_METRICS_ADDR", default_value = "0.0.0.0:8080", value_parser = parse_optional_addr)]
+    pub metrics_addr: ListenAddr,
 
     /// Log format.
     #[arg(long, env = "CLOUDIMAGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -64,6 +99,32 @@ pub struct Args {
     /// Log filter, in `tracing` EnvFilter syntax (e.g. `info`, `cloudimage_operator=debug`).
     #[arg(long, env = "CLOUDIMAGE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// A listen address, or none (`off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenAddr(pub Option<std::net::SocketAddr>);
+
+/// Parses a listen address, or `off` (also empty) for none.
+pub fn parse_optional_addr(s: &str) -> Result<ListenAddr, String> {
+    match s.trim() {
+        "" | "off" => Ok(ListenAddr(None)),
+        a => a
+            .parse()
+            .map(|a| ListenAddr(Some(a)))
+            .map_err(|e| format!("`{a}` is not an address like 0.0.0.0:8080 (or off): {e}")),
+    }
+}
+
+impl Args {
+    /// The per-namespace cap: the flag, else half of --concurrency (at least 1).
+    pub fn namespace_slots(&self) -> usize {
+        usize::from(
+            self.per_namespace_concurrency
+                .unwrap_or((self.concurrency / 2).max(1))
+                .min(self.concurrency),
+        )
+    }
 }
 
 /// Parses a duration the way `humantime` writes them (`500ms`, `30s`, `5m`,
@@ -103,6 +164,25 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+    }
+
+    #[test]
+    fn metrics_can_be_turned_off_and_namespaces_get_half_the_slots() {
+        let a = Args::try_parse_from(["x", "--metrics-addr", "off"]).expect("parses");
+        assert_eq!(a.metrics_addr, ListenAddr(None));
+        assert_eq!(a.namespace_slots(), 4, "half of the default 8");
+        let a = Args::try_parse_from(["x", "--concurrency", "1"]).expect("parses");
+        assert_eq!(a.namespace_slots(), 1);
+        let a = Args::try_parse_from(["x", "--per-namespace-concurrency", "9"]).expect("parses");
+        assert_eq!(a.namespace_slots(), 8, "never more than the total");
+    }
+
+    #[test]
+    fn egress_networks_parse_as_cidrs() {
+        let a = Args::try_parse_from(["x", "--deny-cidr", "169.254.0.0/16,10.96.0.0/12"])
+            .expect("parses");
+        assert_eq!(a.deny_cidrs.len(), 2);
+        assert!(Args::try_parse_from(["x", "--deny-cidr", "not-a-net"]).is_err());
     }
 
     #[test]

@@ -112,17 +112,21 @@ pub struct CloudImageStatus {
     pub deletion: Option<DeletionProgress>,
 }
 
-/// The image as the cloud last described it. When a later GET answers 404,
+/// The image as the cloud last described it. Every string is cut by the
+/// cloud client to `cloud::error::MAX_IMAGE_FIELD_CHARS` (256), the
+/// `maxLength` the schema declares. When a later GET answers 404,
 /// `status` becomes `NotFound` and the other fields keep what was last seen.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageObservation {
     /// Image name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub name: Option<String>,
     /// Image status in the cloud (`active`, `queued`, `deactivated`, ...), or
     /// `NotFound` when the cloud does not know the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub status: Option<String>,
     /// Whether the image is protected against deletion in the cloud.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,12 +136,15 @@ pub struct ImageObservation {
     pub size: Option<i64>,
     /// Checksum of the image data (`os_hash_value`, else the MD5 `checksum`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub checksum: Option<String>,
     /// Visibility: `public`, `private`, `shared` or `community`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub visibility: Option<String>,
     /// When the image was last updated in the cloud (as the cloud said it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub updated_at: Option<String>,
 }
 
@@ -170,8 +177,10 @@ pub struct DeletionProgress {
 #[serde(rename_all = "camelCase")]
 pub struct DeletionError {
     /// Machine-readable reason, the same as the `Deleting` condition's reason.
+    #[schemars(length(max = 64))]
     pub reason: String,
     /// The cloud's message (or the local error), at most 1 KiB.
+    #[schemars(length(max = 1024))]
     pub message: String,
     /// The HTTP status the cloud answered with, if it answered.
     // An `int32` in the schema: Kubernetes warns about the `uint16` format.
@@ -180,6 +189,7 @@ pub struct DeletionError {
     pub http_status: Option<u16>,
     /// The cloud's request id (`X-Openstack-Request-Id`), for support requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub request_id: Option<String>,
 }
 

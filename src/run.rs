@@ -16,9 +16,10 @@ use kube::{Api, Client, ResourceExt};
 use tracing::{error, info, warn};
 
 use crate::cli::{Args, LogFormat};
+use crate::cloud::EgressPolicy;
 use crate::cloud::pool::ClientPool;
 use crate::controller::backoff::{BackoffConfig, Counts};
-use crate::controller::context::{Context, Settings, object_key};
+use crate::controller::context::{Context, NamespaceSlots, Settings, object_key};
 use crate::controller::guard::{guard, guard_error_policy};
 use crate::controller::reconcile::{error_policy, reconcile};
 use crate::controller::secret_hold::{self as secrets, SecretMeta};
@@ -39,8 +40,8 @@ pub enum RunError {
     CrdMissing,
     #[error("cannot list CloudImages (check the operator's RBAC): {0}")]
     ListCloudImages(#[source] kube::Error),
-    #[error("cannot listen on --admin-addr {0}: {1}")]
-    Admin(std::net::SocketAddr, #[source] std::io::Error),
+    #[error("cannot listen on {0} {1}: {2}")]
+    Listen(&'static str, std::net::SocketAddr, #[source] std::io::Error),
     #[error("invalid --log-level: {0}")]
     LogFilter(String),
 }
@@ -169,7 +170,15 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
-        clouds: ClientPool::default(),
+        clouds: ClientPool::new(
+            crate::cloud::pool::DEFAULT_CAPACITY,
+            crate::cloud::pool::DEFAULT_TTL,
+            EgressPolicy {
+                allow: args.allow_cidrs.clone(),
+                deny: args.deny_cidrs.clone(),
+                refuse_insecure: args.refuse_insecure,
+            },
+        ),
         failures: Counts::default(),
         settings,
         stores: watches.iter().map(|w| w.cimgs.0.clone()).collect(),
@@ -178,17 +187,31 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         secret_stores: watches.iter().map(|w| w.secrets.0.clone()).collect(),
         credentials: Default::default(),
         announced: Default::default(),
+        identities: Default::default(),
+        insecure_warned: Default::default(),
+        slots: NamespaceSlots::new(
+            usize::from(args.concurrency),
+            args.namespace_slots(),
+            watches
+                .iter()
+                .map(|w| (w.scope.clone(), w.requeue.0.clone()))
+                .collect(),
+        ),
     });
     let shutdown = shutdown_signal().shared();
-    let admin = crate::admin::serve(
-        args.admin_addr,
-        ctx.metrics.clone(),
-        ctx.stores.clone(),
-        shutdown.clone(),
-    )
-    .await
-    .map_err(|e| RunError::Admin(args.admin_addr, e))?;
-    info!(%admin, "admin endpoints (/livez, /readyz, /metrics) listening");
+    let health = crate::admin::serve_health(args.health_addr, ctx.stores.clone(), shutdown.clone())
+        .await
+        .map_err(|e| RunError::Listen("--health-addr", args.health_addr, e))?;
+    info!(%health, "health endpoints (/livez, /readyz) listening");
+    match args.metrics_addr.0 {
+        Some(addr) => {
+            let metrics = crate::admin::serve_metrics(addr, ctx.metrics.clone(), shutdown.clone())
+                .await
+                .map_err(|e| RunError::Listen("--metrics-addr", addr, e))?;
+            info!(%metrics, "metrics endpoint (/metrics) listening");
+        }
+        None => info!("metrics endpoint off (--metrics-addr off)"),
+    }
     let controllers = watches.into_iter().flat_map(|w| {
         info!(namespace = %w.scope, concurrency = args.concurrency, "watching CloudImages and the metadata of Secrets");
         w.run(ctx.clone(), args.concurrency, shutdown.clone())
@@ -203,6 +226,11 @@ pub async fn run(args: Args) -> Result<(), RunError> {
 /// the CloudImage reconciler, and the guard of the credentials Secrets.
 struct Watch {
     scope: String,
+    /// Requeues CloudImages: a changed Secret's users, a namespace's waiters.
+    requeue: (
+        mpsc::UnboundedSender<ObjectRef<CloudImage>>,
+        mpsc::UnboundedReceiver<ObjectRef<CloudImage>>,
+    ),
     cimgs: (Store<CloudImage>, Writer<CloudImage>, Api<CloudImage>),
     // An `Api` of metadata: its watch asks for metadata only, never data.
     secrets: (Store<SecretMeta>, Writer<SecretMeta>, Api<SecretMeta>),
@@ -214,6 +242,7 @@ impl Watch {
         let (s_reader, s_writer) = reflector::store();
         Watch {
             scope,
+            requeue: mpsc::unbounded(),
             cimgs: (ci_reader, ci_writer, cimgs),
             secrets: (s_reader, s_writer, secrets),
         }
@@ -234,7 +263,7 @@ impl Watch {
         let (ci_reader, mut ci_writer, ci_api) = self.cimgs;
         let (s_reader, mut s_writer, s_api) = self.secrets;
         // A changed Secret requeues the CloudImages that use it.
-        let (requeue_tx, requeue_rx) = mpsc::unbounded::<ObjectRef<CloudImage>>();
+        let (requeue_tx, requeue_rx) = self.requeue;
         // A CloudImage released, gone or moved to another Secret: its Secret's guard looks again.
         let (recheck_tx, recheck_rx) = mpsc::unbounded::<ObjectRef<SecretMeta>>();
         // A relisted CloudImage watch may have missed deletions: every guard looks again.
@@ -262,6 +291,8 @@ impl Watch {
                         watcher::Event::Delete(o) => {
                             ctx.failures.reset(&object_key(o));
                             ctx.accepted.reset(&object_key(o));
+                            ctx.slots.forget(o);
+                            ctx.forget_identity(o);
                         }
                         watcher::Event::InitDone => {
                             let _ = recheck_all_tx.unbounded_send(());
@@ -320,8 +351,9 @@ impl Watch {
                         }
                         watcher::Event::InitDone => listed = true,
                         watcher::Event::Delete(s) => {
-                            ctx.credentials
-                                .forget(&s.namespace().unwrap_or_default(), &s.name_any());
+                            let ns = s.namespace().unwrap_or_default();
+                            ctx.credentials.forget(&ns, &s.name_any());
+                            ctx.clouds.forget_secret(&ns, &s.uid().unwrap_or_default());
                             pending.extend(users_of(s));
                         }
                         _ => {}

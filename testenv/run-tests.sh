@@ -43,5 +43,8 @@ echo "[run-tests] helm lint"
 # shellcheck disable=SC1090
 HELM_BIN="$(source "$("$ENV_SH" env "$STATE_DIR")" && echo "$HELM")"
 "$HELM_BIN" lint --strict charts/cloudimage-operator
+for f in charts/cloudimage-operator/ci/*.yaml; do
+  "$HELM_BIN" lint --strict -f "$f" charts/cloudimage-operator
+done
 echo "[run-tests] cargo test"
 cargo test --locked -- --test-threads="${CLOUDIMAGE_TEST_THREADS:-8}"

@@ -45,7 +45,7 @@ glance_status() { curl -s -m 10 -o /dev/null -w '%{http_code}' -H "X-Auth-Token:
 echo "image $IMAGE_ID: GET answers $(glance_status)"
 
 step "Starting the operator (log: $STATE_DIR/logs/sandbox-operator.log)"
-target/debug/cloudimage-operator --kubeconfig "$KUBECONFIG" --namespace "$NS" --admin-addr 127.0.0.1:0 >"$STATE_DIR/logs/sandbox-operator.log" 2>&1 &
+target/debug/cloudimage-operator --kubeconfig "$KUBECONFIG" --namespace "$NS" --health-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 >"$STATE_DIR/logs/sandbox-operator.log" 2>&1 &
 OPERATOR_PID=$!
 trap 'kill "$OPERATOR_PID" 2>/dev/null || true; wait "$OPERATOR_PID" 2>/dev/null || true' EXIT
 

@@ -445,9 +445,17 @@ async fn the_api_server_rejects_bad_specs() {
 async fn probes_and_metrics_answer_and_sigterm_stops_cleanly() {
     let (s, g) = demo_scope("admin").await;
     let op = s.start_operator(&[]);
-    // The admin address (port 0 = a free one) is in the log.
-    let addr = op.admin_addr().await;
+    // The addresses (port 0 = a free one) are in the log: probes and
+    // metrics listen on ports of their own.
+    let health = op.addr("health").await;
+    let metrics = op.addr("metrics").await;
+    assert_ne!(health, metrics);
     let get = |path: &'static str| {
+        let addr = if path == "/metrics" {
+            &metrics
+        } else {
+            &health
+        };
         let url = format!("http://{addr}{path}");
         async move {
             let r = reqwest::get(url).await.map_err(|e| e.to_string())?;

@@ -432,6 +432,7 @@ async fn secret_reads_do_not_grow_with_the_number_of_deletions() {
 async fn an_owned_cloudimage_is_deleted_with_its_owner_in_the_background() {
     let (s, g) = demo_scope("gcbackground").await;
     let _op = s.start_operator(&[]);
+    wait_until_gc_sees_cloudimages(&s).await;
     let owner = owner_configmap(&s, "owner").await;
     let id = g.create_image("owned", "private").await;
     create_owned(&s, "img", &id, &owner, false).await;
@@ -452,6 +453,7 @@ async fn an_owned_cloudimage_is_deleted_with_its_owner_in_the_background() {
 async fn a_foreground_owner_goes_only_after_its_cloudimage_deleted_the_image() {
     let (s, g) = demo_scope("gcforeground").await;
     let _op = s.start_operator(&[]);
+    wait_until_gc_sees_cloudimages(&s).await;
     let owner = owner_configmap(&s, "owner").await;
     let id = g.create_image("owned-fg", "private").await;
     g.set_protected(&id, true).await;
@@ -478,6 +480,36 @@ async fn a_foreground_owner_goes_only_after_its_cloudimage_deleted_the_image() {
         }
     })
     .await;
+}
+
+/// The garbage collector learns about a new CRD from discovery, every 30 s:
+/// until then it does not see CloudImages as dependents (a foreground
+/// deletion would not wait for them). Proves it sees them: a probe
+/// CloudImage (policy Retain) goes when its owner goes.
+async fn wait_until_gc_sees_cloudimages(s: &Scope) {
+    let owner = owner_configmap(s, "gc-probe").await;
+    let obj: cloudimage_operator::crd::CloudImage = serde_json::from_value(json!({
+        "apiVersion": "cloudimage.dev/v1alpha1", "kind": "CloudImage",
+        "metadata": {"name": "gc-probe", "ownerReferences": [{
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "name": owner.name_any(), "uid": owner.uid().expect("uid")
+        }]},
+        "spec": {
+            "imageId": "00000000-0000-4000-8000-000000000000",
+            "deletionPolicy": "Retain",
+            "cloudRef": {"secretName": SECRET, "cloudName": CLOUD}
+        }
+    }))
+    .expect("CloudImage");
+    s.cimgs()
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create probe");
+    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns);
+    cms.delete("gc-probe", &DeleteParams::background())
+        .await
+        .expect("delete probe owner");
+    s.wait_gone("gc-probe", Duration::from_secs(120)).await;
 }
 
 async fn owner_configmap(s: &Scope, name: &str) -> ConfigMap {

@@ -1,99 +1,208 @@
 //! The one HTTP implementation of [`ImageService`]: GET and DELETE of
 //! `/v2/images/{id}` in either dialect, with a Keystone token that is renewed
-//! before expiry and once more on a 401.
+//! before expiry and once more on a 401. One authentication runs at a time
+//! per client, without a lock held across it, and a failed one is
+//! remembered for [`FAILED_AUTH_TTL`].
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::FutureExt;
-use futures::future::BoxFuture;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use futures::future::{BoxFuture, Shared};
 use reqwest::Method;
-use serde::Deserialize;
-use tokio::sync::Mutex;
 use tracing::{Instrument, debug, info, info_span};
 
-use super::answer::{Answer, classify_delete, classify_failure, read_answer};
+use super::answer::{Answer, MAX_IMAGE_BODY_BYTES, classify_delete, classify_get, read_answer};
 use super::clouds_yaml::CloudConfig;
-use super::error::describe_transport;
+use super::egress::{EgressPolicy, PolicyResolver};
+use super::error::{Peer, redact, transport_error};
 use super::keystone::{self, Session};
-use super::{CloudError, Deletion, Dialect, ErrorKind, ImageInfo, ImageService, Lookup};
+use super::{CloudError, Deletion, Dialect, ErrorKind, ImageService, Lookup};
 
-/// Everything but unreserved characters is escaped in a path segment.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
-/// Timeouts for calls to the cloud.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Timeouts for calls to the cloud: connecting (Keystone and the image
+/// service), and a whole image request. A token request has its own,
+/// shorter limit (`keystone::AUTH_TIMEOUT`).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A failed authentication is answered from memory this long, so many
+/// objects on one bad Secret cost one Keystone request.
+pub const FAILED_AUTH_TTL: Duration = Duration::from_secs(15);
+
+/// One authentication in flight, awaited by every caller that needs it.
+type AuthFuture = Shared<BoxFuture<'static, Result<Session, CloudError>>>;
+
+/// The client's token state. The mutex around it is held only to read or
+/// swap these fields, never across a request.
+#[derive(Default)]
+struct AuthState {
+    current: Option<Session>,
+    inflight: Option<AuthFuture>,
+    failed: Option<(Instant, CloudError)>,
+}
+
+fn lock(m: &Mutex<AuthState>) -> MutexGuard<'_, AuthState> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// An image service reached over HTTP with Keystone tokens.
 pub struct HttpImageService {
-    cfg: CloudConfig,
+    cfg: Arc<CloudConfig>,
     http: reqwest::Client,
-    session: Mutex<Option<Session>>,
+    egress: Arc<EgressPolicy>,
+    auth: Arc<Mutex<AuthState>>,
+    failed_auth_ttl: Duration,
 }
 
 impl std::fmt::Debug for HttpImageService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpImageService")
             .field("cfg", &self.cfg)
+            .field("egress", &self.egress)
             .finish_non_exhaustive()
     }
 }
 
 impl HttpImageService {
+    /// A client under the default (open) egress policy.
     pub fn new(cfg: CloudConfig) -> Result<Self, CloudError> {
+        Self::with_policy(cfg, Arc::new(EgressPolicy::default()))
+    }
+
+    /// A client that connects only where `egress` permits. With
+    /// `egress.refuse_insecure`, a configuration with any of
+    /// [`CloudConfig::insecurities`] is refused as `CredentialsInvalid`.
+    pub fn with_policy(cfg: CloudConfig, egress: Arc<EgressPolicy>) -> Result<Self, CloudError> {
+        let insecure = cfg.insecurities();
+        if egress.refuse_insecure && !insecure.is_empty() {
+            return Err(CloudError::new(
+                ErrorKind::CredentialsInvalid,
+                format!(
+                    "the operator refuses insecure connections (egress policy): {}",
+                    insecure.join("; ")
+                ),
+            ));
+        }
         let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(4)
             // Never follow redirects: X-Auth-Token (and Keystone's password
             // body on 307/308) would go wherever the redirect points.
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(PolicyResolver::new(egress.clone()))
             .user_agent(concat!("cloudimage-operator/", env!("CARGO_PKG_VERSION")));
+        if !egress.is_open() {
+            // A proxy resolves and connects on its own: the policy could not see where.
+            builder = builder.no_proxy();
+        }
         if let Some(pem) = &cfg.cacert {
-            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|_| {
+            let invalid = || {
                 CloudError::new(
                     ErrorKind::CredentialsInvalid,
-                    "the Secret's `cacert` is not valid PEM",
+                    "the Secret's `cacert` holds no PEM certificate",
                 )
-            })?;
+            };
+            let certs =
+                reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|_| invalid())?;
+            // Text without any certificate parses as an empty bundle: a
+            // typo would otherwise silently mean "trust the system roots".
+            if certs.is_empty() {
+                return Err(invalid());
+            }
             for c in certs {
                 builder = builder.add_root_certificate(c);
             }
         }
         if !cfg.verify_tls {
-            builder = builder.danger_accept_invalid_certs(true);
+            builder = builder.tls_danger_accept_invalid_certs(true);
         }
-        let http = builder.build().map_err(|e| {
+        let http = builder.build().map_err(|_| {
             CloudError::new(
                 ErrorKind::CredentialsInvalid,
-                format!("cannot build an HTTP client: {e}"),
+                "cannot build an HTTP client from these settings",
             )
         })?;
         Ok(HttpImageService {
-            cfg,
+            cfg: Arc::new(cfg),
             http,
-            session: Mutex::new(None),
+            egress,
+            auth: Arc::new(Mutex::new(AuthState::default())),
+            failed_auth_ttl: FAILED_AUTH_TTL,
         })
     }
 
-    /// A valid session, authenticating when there is none or it is about to expire.
-    async fn session(&self, force_new: bool) -> Result<Session, CloudError> {
-        let mut guard = self.session.lock().await;
-        if let Some(s) = guard
-            .as_ref()
-            .filter(|s| !force_new && !s.needs_renewal(Utc::now()))
-        {
-            return Ok(s.clone());
+    /// A valid session: the cached one, unless it is about to expire or is
+    /// the `rejected` token (the image API answered 401 to it). Otherwise
+    /// joins the authentication in flight, or starts one. A failure less
+    /// than [`FAILED_AUTH_TTL`] old is returned again without a request.
+    async fn session(&self, rejected: Option<&str>) -> Result<Session, CloudError> {
+        let pending = {
+            let mut st = lock(&self.auth);
+            if let Some(s) = st
+                .current
+                .as_ref()
+                .filter(|s| !s.needs_renewal(Utc::now()) && rejected != Some(s.token.as_str()))
+            {
+                return Ok(s.clone());
+            }
+            if let Some((at, err)) = &st.failed
+                && at.elapsed() < self.failed_auth_ttl
+            {
+                return Err(err.clone());
+            }
+            match &st.inflight {
+                Some(f) => f.clone(),
+                None => {
+                    let f = self.start_authentication();
+                    st.inflight = Some(f.clone());
+                    f
+                }
+            }
+        };
+        pending.await
+    }
+
+    /// Runs one authentication as its own task, so it finishes (within
+    /// `AUTH_TIMEOUT`) even when the callers that wait for it give up, and
+    /// records its result in the client's state.
+    fn start_authentication(&self) -> AuthFuture {
+        let http = self.http.clone();
+        let cfg = self.cfg.clone();
+        let egress = self.egress.clone();
+        let state: Weak<Mutex<AuthState>> = Arc::downgrade(&self.auth);
+        let task = tokio::spawn(async move {
+            let result = keystone::authenticate(&http, &cfg, &egress)
+                .await
+                .map_err(|e| e.redact(&[&cfg.password]));
+            if let Some(state) = state.upgrade() {
+                let mut st = lock(&state);
+                st.inflight = None;
+                match &result {
+                    Ok(s) => {
+                        debug!(token = %keystone::token_fingerprint(&s.token), expires_at = %s.expires_at, "new Keystone token");
+                        st.current = Some(s.clone());
+                        st.failed = None;
+                    }
+                    Err(e) => {
+                        st.current = None;
+                        st.failed = Some((Instant::now(), e.clone()));
+                    }
+                }
+            }
+            result
+        });
+        async move {
+            task.await.unwrap_or_else(|_| {
+                Err(CloudError::new(
+                    ErrorKind::Unavailable,
+                    "the authentication to Keystone was interrupted",
+                ))
+            })
         }
-        let fresh = keystone::authenticate(&self.http, &self.cfg).await?;
-        debug!(token = %keystone::token_fingerprint(&fresh.token), expires_at = %fresh.expires_at, "new Keystone token");
-        *guard = Some(fresh.clone());
-        Ok(fresh)
+        .boxed()
+        .shared()
     }
 
     /// Sends one request to `/v2/images/{id}`; on 401 renews the token once and retries.
@@ -103,18 +212,15 @@ impl HttpImageService {
         image_id: &str,
         body: Option<String>,
     ) -> Result<Answer, CloudError> {
-        let mut renewed = false;
-        loop {
-            let session = self.session(renewed).await?;
-            let answer = self
-                .send(&session, method.clone(), image_id, body.clone())
-                .await?;
-            if answer.status == 401 && !renewed {
-                renewed = true;
-                continue;
-            }
+        let session = self.session(None).await?;
+        let answer = self
+            .send(&session, method.clone(), image_id, body.clone())
+            .await?;
+        if answer.status != 401 {
             return Ok(answer);
         }
+        let session = self.session(Some(&session.token)).await?;
+        self.send(&session, method, image_id, body).await
     }
 
     async fn send(
@@ -124,7 +230,8 @@ impl HttpImageService {
         image_id: &str,
         body: Option<String>,
     ) -> Result<Answer, CloudError> {
-        let url = image_url(&session.image_url, image_id);
+        let url = image_url(&session.image_url, image_id)?;
+        self.egress.check_url(Peer::ImageService, &url)?;
         let span = info_span!("http", method = %method, path = %url.path(), status = tracing::field::Empty, request_id = tracing::field::Empty);
         async move {
             let mut req = self
@@ -138,10 +245,13 @@ impl HttpImageService {
             let resp = req
                 .send()
                 .await
-                .map_err(|e| CloudError::new(ErrorKind::Unavailable, describe_transport(&e)))?;
-            let (answer, _) = read_answer(resp)
-                .await
-                .map_err(|e| CloudError::new(ErrorKind::Unavailable, describe_transport(&e)))?;
+                .map_err(|e| transport_error(Peer::ImageService, &e))?;
+            let (mut answer, _) =
+                read_answer(resp, MAX_IMAGE_BODY_BYTES, Peer::ImageService).await?;
+            // A cloud that echoes the token or the password must not get it into a message.
+            let secrets = [self.cfg.password.as_str(), session.token.as_str()];
+            answer.body = redact(&answer.body, &secrets);
+            answer.request_id = answer.request_id.map(|r| redact(&r, &secrets));
             let span = tracing::Span::current();
             span.record("status", answer.status);
             if let Some(r) = &answer.request_id {
@@ -157,19 +267,43 @@ impl HttpImageService {
         .instrument(span)
         .await
     }
+
+    /// The last line of defence: no message leaves this client with the
+    /// password or the current token in it.
+    fn scrub(&self, err: CloudError) -> CloudError {
+        let token = lock(&self.auth).current.as_ref().map(|s| s.token.clone());
+        let mut secrets = vec![self.cfg.password.as_str()];
+        if let Some(t) = &token {
+            secrets.push(t);
+        }
+        err.redact(&secrets)
+    }
 }
 
-/// `{base}/images/{percent-encoded id}`.
-pub fn image_url(base: &url::Url, image_id: &str) -> url::Url {
+/// `{base}/images/{id}`, the id pushed as one path segment (so `/`, `?`,
+/// `#` and `%` in it are percent-encoded), without query or fragment. An
+/// empty id, `.` or `..` is `BadRequest`.
+pub fn image_url(base: &url::Url, image_id: &str) -> Result<url::Url, CloudError> {
+    if matches!(image_id, "" | "." | "..") {
+        return Err(CloudError::new(
+            ErrorKind::BadRequest,
+            "the image id is not a valid id",
+        ));
+    }
     let mut u = base.clone();
-    let path = format!(
-        "{}/images/{}",
-        base.path().trim_end_matches('/'),
-        utf8_percent_encode(image_id, SEGMENT)
-    );
-    u.set_path(&path);
     u.set_query(None);
-    u
+    u.set_fragment(None);
+    u.path_segments_mut()
+        .map_err(|_| {
+            CloudError::new(
+                ErrorKind::CredentialsInvalid,
+                "the image endpoint is not a valid URL",
+            )
+        })?
+        .pop_if_empty()
+        .push("images")
+        .push(image_id);
+    Ok(u)
 }
 
 /// The DELETE body for a dialect: none for Glance (it refuses any body with
@@ -181,65 +315,25 @@ pub fn delete_body(dialect: Dialect, delete_backup: bool) -> Option<String> {
     }
 }
 
-#[derive(Deserialize)]
-struct ImageRecord {
-    id: String,
-    name: Option<String>,
-    status: Option<String>,
-    protected: Option<serde_json::Value>,
-    size: Option<i64>,
-    checksum: Option<String>,
-    os_hash_value: Option<String>,
-    visibility: Option<String>,
-    updated_at: Option<String>,
-}
-
-/// Reads an image record; `protected` may be a Boolean or the string "true".
-pub fn parse_image(body: &str) -> Result<ImageInfo, CloudError> {
-    let r: ImageRecord = serde_json::from_str(body).map_err(|e| {
-        CloudError::new(
-            ErrorKind::Unavailable,
-            format!("unreadable image record: {e}"),
-        )
-    })?;
-    let protected = match r.protected {
-        Some(serde_json::Value::Bool(b)) => Some(b),
-        Some(serde_json::Value::String(s)) => Some(s.eq_ignore_ascii_case("true")),
-        _ => None,
-    };
-    Ok(ImageInfo {
-        id: r.id,
-        name: r.name,
-        status: r.status,
-        protected,
-        size: r.size,
-        checksum: r.os_hash_value.or(r.checksum),
-        visibility: r.visibility,
-        updated_at: r.updated_at,
-    })
-}
-
 impl ImageService for HttpImageService {
     fn dialect(&self) -> Dialect {
         self.cfg.dialect
     }
 
+    fn identity(&self) -> Option<String> {
+        lock(&self.auth).current.as_ref()?.identity.clone()
+    }
+
+    fn identify(&self) -> BoxFuture<'_, Result<Option<String>, CloudError>> {
+        async move { Ok(self.session(None).await?.identity) }.boxed()
+    }
+
     fn get_image<'a>(&'a self, image_id: &'a str) -> BoxFuture<'a, Result<Lookup, CloudError>> {
         async move {
             let answer = self.call(Method::GET, image_id, None).await?;
-            match answer.status {
-                200 => {
-                    let info = parse_image(&answer.body)?;
-                    // IMS may show a deleted image for a while before answering 404.
-                    if info.status.as_deref() == Some("deleted") {
-                        return Ok(Lookup::NotFound);
-                    }
-                    Ok(Lookup::Found(info))
-                }
-                404 => Ok(Lookup::NotFound),
-                _ => Err(classify_failure(&answer)),
-            }
+            classify_get(&answer, image_id)
         }
+        .map(|r| r.map_err(|e| self.scrub(e)))
         .boxed()
     }
 
@@ -258,28 +352,49 @@ impl ImageService for HttpImageService {
                 .await?;
             classify_delete(self.cfg.dialect, &answer)
         }
+        .map(|r| r.map_err(|e| self.scrub(e)))
         .boxed()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+
+    use axum::extract::{Path, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::{get, post};
+
     use super::*;
+    use crate::cloud::clouds_yaml;
+
+    const PASSWORD: &str = "pw-s3cret-value";
+    const ID: &str = "4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90";
 
     #[test]
     fn image_ids_are_percent_encoded_into_one_segment() {
         let base = url::Url::parse("http://g:9292/v2").expect("url");
+        let url = |id: &str| image_url(&base, id).map(|u| u.to_string());
         assert_eq!(
-            image_url(&base, "4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90").as_str(),
-            "http://g:9292/v2/images/4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90"
+            url("4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90"),
+            Ok("http://g:9292/v2/images/4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90".into())
         );
         assert_eq!(
-            image_url(&base, "../../v3?x=1#f").as_str(),
-            "http://g:9292/v2/images/..%2F..%2Fv3%3Fx%3D1%23f"
+            url("../../v3?x=1#f"),
+            Ok("http://g:9292/v2/images/..%2F..%2Fv3%3Fx=1%23f".into())
         );
         assert_eq!(
-            image_url(&base, "a b/%00").path(),
-            "/v2/images/a%20b%2F%2500"
+            image_url(&base, "a b/%00").map(|u| u.path().to_owned()),
+            Ok("/v2/images/a%20b%2F%2500".into())
+        );
+        for bad in ["", ".", ".."] {
+            assert_eq!(url(bad).map_err(|e| e.kind), Err(ErrorKind::BadRequest));
+        }
+        let with_slash = url::Url::parse("http://g:9292/v2/").expect("url");
+        assert_eq!(
+            image_url(&with_slash, "x").map(|u| u.to_string()),
+            Ok("http://g:9292/v2/images/x".into())
         );
     }
 
@@ -296,17 +411,294 @@ mod tests {
         );
     }
 
-    #[test]
-    fn image_records_accept_both_protected_spellings() {
-        let a = parse_image(
-            r#"{"id": "x", "protected": "true", "os_hash_value": "abc", "checksum": "md5"}"#,
+    /// A Keystone and an image service in one local server, scripted by the test.
+    struct Fake {
+        base: OnceLock<String>,
+        keystone_calls: AtomicUsize,
+        keystone_status: AtomicU16,
+        keystone_delay: Duration,
+        /// Answer 401 to the first token issued.
+        reject_first_token: AtomicBool,
+        /// Status and body of every image answer; `{token}` and `{id}` are replaced.
+        image: Mutex<(u16, String)>,
+    }
+
+    impl Fake {
+        async fn start(keystone_delay: Duration) -> Arc<Fake> {
+            let fake = Arc::new(Fake {
+                base: OnceLock::new(),
+                keystone_calls: AtomicUsize::new(0),
+                keystone_status: AtomicU16::new(201),
+                keystone_delay,
+                reject_first_token: AtomicBool::new(false),
+                image: Mutex::new((200, r#"{"id": "{id}", "status": "active"}"#.into())),
+            });
+            let app = axum::Router::new()
+                .route("/v3/auth/tokens", post(keystone))
+                .route("/v2/images/{id}", get(image).delete(image))
+                .with_state(fake.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let _ = fake.base.set(format!("http://{addr}"));
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            fake
+        }
+
+        fn base(&self) -> &str {
+            self.base.get().map(String::as_str).unwrap_or("")
+        }
+
+        fn set_image(&self, status: u16, body: &str) {
+            *self.image.lock().unwrap_or_else(|p| p.into_inner()) = (status, body.to_owned());
+        }
+
+        fn calls(&self) -> usize {
+            self.keystone_calls.load(Ordering::SeqCst)
+        }
+
+        fn config(&self) -> CloudConfig {
+            config_for(&format!("{}/v3", self.base()), None)
+        }
+    }
+
+    fn config_for(auth_url: &str, image_override: Option<&str>) -> CloudConfig {
+        let mut y = format!(
+            "clouds:\n  c:\n    auth:\n      auth_url: '{auth_url}'\n      user_id: u\n      password: {PASSWORD}\n      project_id: p\n"
+        );
+        if let Some(o) = image_override {
+            y.push_str(&format!("    image_endpoint_override: '{o}'\n"));
+        }
+        clouds_yaml::parse(&y, "c", None).expect("valid")
+    }
+
+    async fn keystone(State(f): State<Arc<Fake>>) -> (StatusCode, HeaderMap, String) {
+        let n = f.keystone_calls.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::time::sleep(f.keystone_delay).await;
+        let status = f.keystone_status.load(Ordering::SeqCst);
+        let mut headers = HeaderMap::new();
+        if status != 201 {
+            let body = r#"{"error": {"code": 401, "title": "Unauthorized", "message": "The request you have made requires authentication."}}"#;
+            return (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED),
+                headers,
+                body.into(),
+            );
+        }
+        if let Ok(v) = format!("tok-{n}-abcdef").parse() {
+            headers.insert("x-subject-token", v);
+        }
+        let body = serde_json::json!({"token": {
+            "expires_at": (Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+            "catalog": [{"type": "image", "endpoints": [
+                {"url": f.base(), "interface": "public", "region_id": "RegionOne"}]}]
+        }});
+        (StatusCode::CREATED, headers, body.to_string())
+    }
+
+    async fn image(
+        State(f): State<Arc<Fake>>,
+        Path(id): Path<String>,
+        headers: HeaderMap,
+    ) -> (StatusCode, String) {
+        let token = headers
+            .get("x-auth-token")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        if f.reject_first_token.load(Ordering::SeqCst) && token.starts_with("tok-1-") {
+            return (
+                StatusCode::UNAUTHORIZED,
+                r#"{"message": "no", "code": "401 Unauthorized", "title": "Unauthorized"}"#.into(),
+            );
+        }
+        let (status, body) = f.image.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            body.replace("{token}", &token).replace("{id}", &id),
         )
-        .expect("parses");
-        assert_eq!(a.protected, Some(true));
-        assert_eq!(a.checksum.as_deref(), Some("abc"));
-        let b = parse_image(r#"{"id": "x", "protected": false, "checksum": "md5", "size": null}"#)
-            .expect("parses");
-        assert_eq!(b.protected, Some(false));
-        assert_eq!(b.checksum.as_deref(), Some("md5"));
+    }
+
+    #[tokio::test]
+    async fn one_keystone_request_serves_many_concurrent_calls() {
+        let fake = Fake::start(Duration::from_millis(300)).await;
+        let client = HttpImageService::new(fake.config()).expect("client");
+        let calls = (0..20).map(|_| client.get_image(ID));
+        for r in futures::future::join_all(calls).await {
+            assert!(matches!(r, Ok(Lookup::Found(_))), "{r:?}");
+        }
+        assert_eq!(fake.calls(), 1);
+        client.get_image(ID).await.expect("cached token");
+        assert_eq!(fake.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_authentication_is_remembered_briefly() {
+        let fake = Fake::start(Duration::from_millis(100)).await;
+        fake.keystone_status.store(401, Ordering::SeqCst);
+        let mut client = HttpImageService::new(fake.config()).expect("client");
+        let calls = (0..10).map(|_| client.delete_image(ID, false));
+        let mut errors: Vec<CloudError> = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        for _ in 0..5 {
+            errors.push(client.get_image(ID).await.expect_err("still refused"));
+        }
+        assert_eq!(errors.len(), 15);
+        assert_eq!(fake.calls(), 1, "one Keystone request for all the calls");
+        for e in &errors {
+            assert_eq!(e, &errors[0]);
+        }
+        assert_eq!(errors[0].kind, ErrorKind::AuthFailed);
+        assert_eq!(
+            errors[0].message,
+            "Keystone refused the credentials: HTTP 401: The request you have made requires authentication."
+        );
+        client.failed_auth_ttl = Duration::ZERO;
+        fake.keystone_status.store(201, Ordering::SeqCst);
+        client
+            .get_image(ID)
+            .await
+            .expect("a new attempt after the pause");
+        assert_eq!(fake.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_401_renews_the_token_once() {
+        let fake = Fake::start(Duration::ZERO).await;
+        fake.reject_first_token.store(true, Ordering::SeqCst);
+        let client = HttpImageService::new(fake.config()).expect("client");
+        assert!(matches!(client.get_image(ID).await, Ok(Lookup::Found(_))));
+        assert_eq!(fake.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn secrets_echoed_by_the_cloud_never_reach_a_message() {
+        let fake = Fake::start(Duration::ZERO).await;
+        fake.set_image(
+            403,
+            &format!(
+                r#"{{"message": "token {{token}} password {PASSWORD}", "code": "403 Forbidden", "title": "Forbidden"}}"#
+            ),
+        );
+        let client = HttpImageService::new(fake.config()).expect("client");
+        let err = client.delete_image(ID, false).await.expect_err("403");
+        assert_eq!(err.kind, ErrorKind::Forbidden);
+        assert_eq!(
+            err.message,
+            "HTTP 403: token <redacted> password <redacted>"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_404_that_is_not_glances_keeps_the_image() {
+        let fake = Fake::start(Duration::ZERO).await;
+        fake.set_image(404, "default backend - 404");
+        let client = HttpImageService::new(fake.config()).expect("client");
+        let err = client.delete_image(ID, false).await.expect_err("untrusted");
+        assert_eq!(err.kind, ErrorKind::UntrustedAnswer);
+        let err = client.get_image(ID).await.expect_err("untrusted");
+        assert_eq!(err.kind, ErrorKind::UntrustedAnswer);
+        fake.set_image(
+            404,
+            r#"{"message": "No image found with ID x<br /><br />", "code": "404 Not Found", "title": "Not Found"}"#,
+        );
+        assert_eq!(
+            client.delete_image(ID, false).await,
+            Ok(Deletion::AlreadyGone)
+        );
+        assert_eq!(client.get_image(ID).await, Ok(Lookup::NotFound));
+    }
+
+    #[tokio::test]
+    async fn connection_errors_name_no_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let client =
+            HttpImageService::new(config_for(&format!("http://127.0.0.1:{port}/v3"), None))
+                .expect("client");
+        let err = client.get_image(ID).await.expect_err("refused");
+        assert_eq!(err.kind, ErrorKind::Unavailable);
+        assert_eq!(
+            err.message,
+            "could not connect to Keystone (connection refused)"
+        );
+        let client = HttpImageService::new(config_for("http://no-such-host.invalid:5000/v3", None))
+            .expect("client");
+        let err = client.get_image(ID).await.expect_err("no such host");
+        assert_eq!(err.kind, ErrorKind::Unavailable);
+        assert!(!err.message.contains("invalid"), "{}", err.message);
+        assert!(
+            err.message.starts_with("could not connect to Keystone ("),
+            "{}",
+            err.message
+        );
+    }
+
+    #[tokio::test]
+    async fn the_egress_policy_refuses_host_names_and_literals() {
+        let fake = Fake::start(Duration::ZERO).await;
+        let deny = Arc::new(EgressPolicy {
+            deny: EgressPolicy::recommended_deny(),
+            ..Default::default()
+        });
+        let port = fake.base().rsplit(':').next().unwrap_or("").to_owned();
+        for host in ["localhost", "127.0.0.1", "[::ffff:127.0.0.1]"] {
+            let client = HttpImageService::with_policy(
+                config_for(&format!("http://{host}:{port}/v3"), None),
+                deny.clone(),
+            )
+            .expect("client");
+            let err = client.get_image(ID).await.expect_err("refused");
+            assert_eq!(err.kind, ErrorKind::CredentialsInvalid, "{host}");
+            assert_eq!(
+                err.message,
+                "the operator may not call this Keystone address (egress policy)"
+            );
+        }
+        assert_eq!(fake.calls(), 0, "no request reached the refused address");
+        // Keystone is allowed, the image endpoint it leads to is not.
+        let only_metadata = Arc::new(EgressPolicy {
+            deny: vec!["169.254.0.0/16".parse().expect("net")],
+            ..Default::default()
+        });
+        let client = HttpImageService::with_policy(
+            config_for(
+                &format!("{}/v3", fake.base()),
+                Some("http://169.254.169.254/latest"),
+            ),
+            only_metadata,
+        )
+        .expect("client");
+        let err = client.delete_image(ID, false).await.expect_err("refused");
+        assert_eq!(
+            err.message,
+            "the operator may not call this image service address (egress policy)"
+        );
+    }
+
+    #[tokio::test]
+    async fn insecure_settings_are_refused_when_the_policy_says_so() {
+        let strict = Arc::new(EgressPolicy {
+            refuse_insecure: true,
+            ..Default::default()
+        });
+        let err =
+            HttpImageService::with_policy(config_for("http://k:5000/v3", None), strict.clone())
+                .expect_err("http refused");
+        assert_eq!(err.kind, ErrorKind::CredentialsInvalid);
+        assert_eq!(
+            err.message,
+            "the operator refuses insecure connections (egress policy): auth_url uses http://"
+        );
+        assert!(
+            HttpImageService::with_policy(config_for("https://k:5000/v3", None), strict).is_ok()
+        );
     }
 }

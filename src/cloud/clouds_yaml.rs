@@ -9,6 +9,11 @@ use sha2::{Digest, Sha256};
 
 use super::Dialect;
 
+/// The largest `clouds.yaml` the operator parses, in bytes.
+pub const MAX_CLOUDS_YAML_BYTES: usize = 64 * 1024;
+/// The largest `cacert` the operator reads, in bytes.
+pub const MAX_CACERT_BYTES: usize = 256 * 1024;
+
 /// Why a clouds.yaml could not give usable credentials. Messages name fields,
 /// never values.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -19,6 +24,11 @@ pub enum CloudsYamlError {
     NoSuchCloud(String),
     #[error("cloud `{cloud}`: {problem}")]
     Invalid { cloud: String, problem: String },
+    #[error("`{what}` is larger than {limit_kib} KiB")]
+    TooLarge {
+        what: &'static str,
+        limit_kib: usize,
+    },
 }
 
 #[derive(Deserialize)]
@@ -98,6 +108,25 @@ impl fmt::Debug for CloudConfig {
 }
 
 impl CloudConfig {
+    /// What makes connections with this configuration insecure, in words
+    /// for a Warning: plain-HTTP URLs and TLS verification turned off.
+    /// Catalog endpoints are only known after authentication and are
+    /// checked then (see `EgressPolicy::check_url`).
+    pub fn insecurities(&self) -> Vec<&'static str> {
+        let mut found = Vec::new();
+        let http = |u: &str| url::Url::parse(u).is_ok_and(|u| u.scheme() == "http");
+        if http(&self.auth_url) {
+            found.push("auth_url uses http://");
+        }
+        if self.image_endpoint_override.as_deref().is_some_and(http) {
+            found.push("image_endpoint_override uses http://");
+        }
+        if !self.verify_tls {
+            found.push("TLS verification is off (verify: false)");
+        }
+        found
+    }
+
     /// A stable digest of everything in the config, to key caches by without
     /// keeping the password in a map key anyone might print.
     pub fn fingerprint(&self) -> [u8; 32] {
@@ -130,12 +159,46 @@ fn pick(name: Option<String>, id: Option<String>) -> Option<NameOrId> {
     }
 }
 
-/// Parses `clouds.yaml` text and returns the entry `cloud`.
+/// Why a URL from clouds.yaml (or a catalog) cannot be used, if it cannot:
+/// it must be `http` or `https` with a host, and carry no query, fragment or
+/// user name/password (those would travel to wherever the URL points, or
+/// change what the operator asks for).
+pub fn url_problem(url: &url::Url) -> Option<&'static str> {
+    if !matches!(url.scheme(), "http" | "https") {
+        Some("must be http or https")
+    } else if url.host().is_none() {
+        Some("has no host")
+    } else if !url.username().is_empty() || url.password().is_some() {
+        Some("must not carry a user name or password")
+    } else if url.query().is_some() {
+        Some("must not carry a query (`?...`)")
+    } else if url.fragment().is_some() {
+        Some("must not carry a fragment (`#...`)")
+    } else {
+        None
+    }
+}
+
+/// Parses `clouds.yaml` text and returns the entry `cloud`. Text larger than
+/// [`MAX_CLOUDS_YAML_BYTES`] or a `cacert` larger than [`MAX_CACERT_BYTES`]
+/// is refused before parsing.
 pub fn parse(
     text: &str,
     cloud: &str,
     cacert: Option<String>,
 ) -> Result<CloudConfig, CloudsYamlError> {
+    if text.len() > MAX_CLOUDS_YAML_BYTES {
+        return Err(CloudsYamlError::TooLarge {
+            what: "clouds.yaml",
+            limit_kib: MAX_CLOUDS_YAML_BYTES / 1024,
+        });
+    }
+    if cacert.as_ref().is_some_and(|c| c.len() > MAX_CACERT_BYTES) {
+        return Err(CloudsYamlError::TooLarge {
+            what: "cacert",
+            limit_kib: MAX_CACERT_BYTES / 1024,
+        });
+    }
     // serde's messages can quote the offending value (which may be a
     // password), so only the position is reported.
     let file: File = serde_yaml::from_str(text).map_err(|e| {
@@ -171,8 +234,8 @@ pub fn parse(
         .filter(|u| !u.is_empty())
         .ok_or_else(|| invalid("auth.auth_url is missing"))?;
     let parsed = url::Url::parse(&auth_url).map_err(|_| invalid("auth.auth_url is not a URL"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(invalid("auth.auth_url must be http or https"));
+    if let Some(p) = url_problem(&parsed) {
+        return Err(invalid(&format!("auth.auth_url {p}")));
     }
     let user = pick(a.username, a.user_id)
         .ok_or_else(|| invalid("auth.username (or auth.user_id) is missing"))?;
@@ -195,7 +258,11 @@ pub fn parse(
         ));
     }
     if let Some(o) = &entry.image_endpoint_override {
-        url::Url::parse(o).map_err(|_| invalid("image_endpoint_override is not a URL"))?;
+        let parsed =
+            url::Url::parse(o).map_err(|_| invalid("image_endpoint_override is not a URL"))?;
+        if let Some(p) = url_problem(&parsed) {
+            return Err(invalid(&format!("image_endpoint_override {p}")));
+        }
     }
     let interface = entry
         .interface
@@ -292,6 +359,114 @@ clouds:
                 .expect_err("unsupported")
                 .to_string()
                 .contains("not supported")
+        );
+    }
+
+    fn with_urls(auth_url: &str, image: Option<&str>) -> String {
+        let mut y = format!(
+            "clouds:\n  c:\n    auth:\n      auth_url: '{auth_url}'\n      user_id: u\n      password: s3cret-pw\n"
+        );
+        if let Some(i) = image {
+            y.push_str(&format!("    image_endpoint_override: '{i}'\n"));
+        }
+        y
+    }
+
+    #[test]
+    fn urls_with_a_query_fragment_or_user_are_refused() {
+        for (auth, image, problem) in [
+            (
+                "https://k/v3?x=1",
+                None,
+                Some("auth.auth_url must not carry a query"),
+            ),
+            (
+                "https://k/v3#f",
+                None,
+                Some("auth.auth_url must not carry a fragment"),
+            ),
+            (
+                "https://me:pw@k/v3",
+                None,
+                Some("auth.auth_url must not carry a user name"),
+            ),
+            (
+                "https://me@k/v3",
+                None,
+                Some("auth.auth_url must not carry a user name"),
+            ),
+            (
+                "ftp://k/v3",
+                None,
+                Some("auth.auth_url must be http or https"),
+            ),
+            (
+                "https://k/v3",
+                Some("https://g/?a=b"),
+                Some("image_endpoint_override must not carry a query"),
+            ),
+            (
+                "https://k/v3",
+                Some("https://u:p@g/"),
+                Some("image_endpoint_override must not carry a user name"),
+            ),
+            (
+                "https://k/v3",
+                Some("file:///etc/passwd"),
+                Some("image_endpoint_override must be http or https"),
+            ),
+            ("https://k/v3", Some("https://g:9292/"), None),
+        ] {
+            let r = parse(&with_urls(auth, image), "c", None);
+            match problem {
+                None => assert!(r.is_ok(), "{auth} {image:?}: {r:?}"),
+                Some(p) => {
+                    let err = r.expect_err(auth).to_string();
+                    assert!(err.contains(p), "{auth} {image:?}: {err}");
+                    assert!(!err.contains("pw@") && !err.contains("u:p"), "{err}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_documents_are_refused_before_parsing() {
+        let big = format!(
+            "{}\n{}",
+            with_urls("https://k/v3", None),
+            "#".repeat(MAX_CLOUDS_YAML_BYTES)
+        );
+        assert_eq!(
+            parse(&big, "c", None),
+            Err(CloudsYamlError::TooLarge {
+                what: "clouds.yaml",
+                limit_kib: 64
+            })
+        );
+        let cert = "x".repeat(MAX_CACERT_BYTES + 1);
+        let err = parse(&with_urls("https://k/v3", None), "c", Some(cert)).expect_err("too large");
+        assert_eq!(err.to_string(), "`cacert` is larger than 256 KiB");
+        let cert = "x".repeat(MAX_CACERT_BYTES);
+        assert!(parse(&with_urls("https://k/v3", None), "c", Some(cert)).is_ok());
+    }
+
+    #[test]
+    fn insecurities_name_plain_http_and_verify_false() {
+        let c = parse(&with_urls("https://k/v3", None), "c", None).expect("valid");
+        assert!(c.insecurities().is_empty());
+        let c = parse(&with_urls("HTTP://k/v3", Some("http://g:9292")), "c", None).expect("valid");
+        assert_eq!(
+            c.insecurities(),
+            vec![
+                "auth_url uses http://",
+                "image_endpoint_override uses http://"
+            ]
+        );
+        let y = format!("{}    verify: false\n", with_urls("https://k/v3", None));
+        let c = parse(&y, "c", None).expect("valid");
+        assert_eq!(
+            c.insecurities(),
+            vec!["TLS verification is off (verify: false)"]
         );
     }
 

@@ -9,13 +9,16 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::answer::{classify_failure, read_answer};
-use super::clouds_yaml::{CloudConfig, NameOrId};
-use super::error::describe_transport;
+use super::answer::{MAX_KEYSTONE_BODY_BYTES, classify_failure, read_answer};
+use super::clouds_yaml::{CloudConfig, NameOrId, url_problem};
+use super::egress::EgressPolicy;
+use super::error::{MAX_ERROR_MESSAGE_CHARS, Peer, redact, transport_error, truncate_chars};
 use super::{CloudError, ErrorKind};
 
 /// Renew a token this long before Keystone says it expires.
 pub const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
+/// A token request (connect, send, whole answer) must finish within this.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A token and where to use it. `Debug` shows a short hash, never the token.
 #[derive(Clone)]
@@ -24,6 +27,15 @@ pub struct Session {
     pub expires_at: DateTime<Utc>,
     /// Base URL of the image API including `/v2`, without a trailing slash.
     pub image_url: url::Url,
+    /// Who the token speaks for: see [`identity`].
+    pub identity: Option<String>,
+}
+
+/// A cloud identity: the Keystone the token came from and the project it is
+/// scoped to, as Keystone itself said (not as the Secret claims). Two
+/// CloudImages with the same identity reach the same images.
+pub fn identity(auth_url: &str, project_id: &str) -> String {
+    format!("{}#{project_id}", auth_url.trim_end_matches('/'))
 }
 
 impl fmt::Debug for Session {
@@ -32,6 +44,7 @@ impl fmt::Debug for Session {
             .field("token", &token_fingerprint(&self.token))
             .field("expires_at", &self.expires_at)
             .field("image_url", &self.image_url.as_str())
+            .field("identity", &self.identity)
             .finish()
     }
 }
@@ -52,15 +65,29 @@ pub fn token_fingerprint(token: &str) -> String {
 }
 
 /// `{auth_url}/auth/tokens`, accepting auth URLs with or without `/v3`.
+/// The path is built by segments; a URL with a query, a fragment or a user
+/// is refused.
 pub fn tokens_url(auth_url: &str) -> Result<url::Url, CloudError> {
-    let trimmed = auth_url.trim_end_matches('/');
-    let base = if trimmed.ends_with("/v3") {
-        trimmed.to_owned()
-    } else {
-        format!("{trimmed}/v3")
-    };
-    url::Url::parse(&format!("{base}/auth/tokens"))
-        .map_err(|_| CloudError::new(ErrorKind::CredentialsInvalid, "auth_url is not a valid URL"))
+    let invalid =
+        |why: &str| CloudError::new(ErrorKind::CredentialsInvalid, format!("auth_url {why}"));
+    let mut url = url::Url::parse(auth_url).map_err(|_| invalid("is not a valid URL"))?;
+    if let Some(p) = url_problem(&url) {
+        return Err(invalid(p));
+    }
+    let (ends_in_v3, trailing_empty) = last_segment_is(&url, "v3");
+    {
+        let mut segments = url
+            .path_segments_mut()
+            .map_err(|_| invalid("is not a valid URL"))?;
+        for _ in 0..trailing_empty {
+            segments.pop();
+        }
+        if !ends_in_v3 {
+            segments.push("v3");
+        }
+        segments.extend(["auth", "tokens"]);
+    }
+    Ok(url)
 }
 
 fn name_or_id(v: &NameOrId) -> Value {
@@ -100,6 +127,13 @@ struct TokenInfo {
     expires_at: DateTime<Utc>,
     #[serde(default)]
     catalog: Vec<CatalogEntry>,
+    #[serde(default)]
+    project: Option<TokenProject>,
+}
+
+#[derive(Deserialize)]
+struct TokenProject {
+    id: String,
 }
 
 #[derive(Deserialize)]
@@ -120,115 +154,191 @@ struct Endpoint {
     region: Option<String>,
 }
 
-/// Picks the image endpoint: the override if given, else the catalog entry
-/// of type `image` with the wanted interface (and region, when set).
-fn image_endpoint(cfg: &CloudConfig, catalog: &[CatalogEntry]) -> Result<url::Url, CloudError> {
-    let raw = match &cfg.image_endpoint_override {
-        Some(o) => o.clone(),
-        None => catalog
-            .iter()
-            .filter(|e| e.kind == "image")
-            .flat_map(|e| e.endpoints.iter())
-            .find(|ep| {
-                ep.interface == cfg.interface
-                    && cfg.region_name.as_ref().is_none_or(|r| {
-                        ep.region_id.as_ref() == Some(r) || ep.region.as_ref() == Some(r)
-                    })
-            })
-            .map(|ep| ep.url.clone())
-            .ok_or_else(|| {
-                CloudError::new(
-                    ErrorKind::CredentialsInvalid,
-                    format!(
-                        "the Keystone catalog has no `image` endpoint for interface `{}`{}",
-                        cfg.interface,
-                        cfg.region_name
-                            .as_ref()
-                            .map(|r| format!(" in region `{r}`"))
-                            .unwrap_or_default()
-                    ),
-                )
-            })?,
-    };
-    image_api_base(&raw)
+/// Whether the last non-empty path segment is `name`, and how many empty
+/// segments (trailing slashes) follow it.
+fn last_segment_is(url: &url::Url, name: &str) -> (bool, usize) {
+    let segments: Vec<&str> = url.path_segments().map(|s| s.collect()).unwrap_or_default();
+    let trailing_empty = segments.iter().rev().take_while(|s| s.is_empty()).count();
+    let last = segments.iter().rev().find(|s| !s.is_empty());
+    (last == Some(&name), trailing_empty)
 }
 
-/// Normalises an image endpoint to `.../v2` (catalogs usually list it unversioned).
-pub fn image_api_base(raw: &str) -> Result<url::Url, CloudError> {
-    let trimmed = raw.trim_end_matches('/');
-    let base = if trimmed.ends_with("/v2") {
-        trimmed.to_owned()
-    } else {
-        format!("{trimmed}/v2")
+/// At most this many characters of a region name from the catalog in a message.
+const MAX_REGION_CHARS: usize = 64;
+
+/// Picks the image endpoint: the override if given, else the one distinct
+/// URL of the catalog's `image` endpoints with the wanted interface (and
+/// region, when set). Several distinct URLs are `CredentialsInvalid`: the
+/// operator does not guess which region's image to delete.
+fn image_endpoint(cfg: &CloudConfig, catalog: &[CatalogEntry]) -> Result<url::Url, CloudError> {
+    if let Some(o) = &cfg.image_endpoint_override {
+        return image_api_base(o);
+    }
+    let matching: Vec<&Endpoint> = catalog
+        .iter()
+        .filter(|e| e.kind == "image")
+        .flat_map(|e| e.endpoints.iter())
+        .filter(|ep| {
+            ep.interface == cfg.interface
+                && cfg.region_name.as_ref().is_none_or(|r| {
+                    ep.region_id.as_ref() == Some(r) || ep.region.as_ref() == Some(r)
+                })
+        })
+        .collect();
+    let Some(first) = matching.first() else {
+        return Err(CloudError::new(
+            ErrorKind::CredentialsInvalid,
+            format!(
+                "the Keystone catalog has no `image` endpoint for interface `{}`{}",
+                cfg.interface,
+                cfg.region_name
+                    .as_ref()
+                    .map(|r| format!(" in region `{r}`"))
+                    .unwrap_or_default()
+            ),
+        ));
     };
-    url::Url::parse(&base).map_err(|_| {
+    if matching.iter().any(|ep| ep.url != first.url) {
+        let mut regions: Vec<String> = matching
+            .iter()
+            .map(|ep| {
+                let r = ep.region_id.as_ref().or(ep.region.as_ref());
+                truncate_chars(r.map_or("(none)", |r| r.as_str()), MAX_REGION_CHARS)
+            })
+            .collect();
+        regions.sort();
+        regions.dedup();
+        let mut list = regions
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if regions.len() > 5 {
+            list.push_str(", …");
+        }
+        let hint = if cfg.region_name.is_some() {
+            "set image_endpoint_override"
+        } else {
+            "set region_name"
+        };
+        return Err(CloudError::new(
+            ErrorKind::CredentialsInvalid,
+            format!(
+                "several image endpoints in the catalog for interface `{}` (regions {list}): {hint}",
+                cfg.interface
+            ),
+        ));
+    }
+    image_api_base(&first.url).map_err(|_| {
         CloudError::new(
             ErrorKind::CredentialsInvalid,
-            "the image endpoint is not a valid URL",
+            "the Keystone catalog's image endpoint is not a usable URL (http or https, no query, fragment or user)",
         )
     })
 }
 
-/// Asks Keystone for a token with the configured password.
+/// Normalises an image endpoint to `.../v2` (catalogs usually list it
+/// unversioned), by path segments. A URL with a query, a fragment or a user
+/// is refused.
+pub fn image_api_base(raw: &str) -> Result<url::Url, CloudError> {
+    let invalid = |why: &str| {
+        CloudError::new(
+            ErrorKind::CredentialsInvalid,
+            format!("the image endpoint {why}"),
+        )
+    };
+    let mut url = url::Url::parse(raw).map_err(|_| invalid("is not a valid URL"))?;
+    if let Some(p) = url_problem(&url) {
+        return Err(invalid(p));
+    }
+    let (ends_in_v2, trailing_empty) = last_segment_is(&url, "v2");
+    {
+        let mut segments = url
+            .path_segments_mut()
+            .map_err(|_| invalid("is not a valid URL"))?;
+        for _ in 0..trailing_empty {
+            segments.pop();
+        }
+        if !ends_in_v2 {
+            segments.push("v2");
+        }
+    }
+    Ok(url)
+}
+
+/// Asks Keystone for a token with the configured password. The request
+/// goes only where `egress` permits, times out after [`AUTH_TIMEOUT`], and
+/// reads at most [`MAX_KEYSTONE_BODY_BYTES`] of the answer. The image
+/// endpoint found is checked against `egress` too.
 pub async fn authenticate(
     http: &reqwest::Client,
     cfg: &CloudConfig,
+    egress: &EgressPolicy,
 ) -> Result<Session, CloudError> {
     let url = tokens_url(&cfg.auth_url)?;
+    egress.check_url(Peer::Keystone, &url)?;
     let resp = http
         .post(url)
+        .timeout(AUTH_TIMEOUT)
         .header("Accept", "application/json")
         .json(&password_request(cfg))
         .send()
         .await
-        .map_err(|e| {
-            CloudError::new(
-                ErrorKind::Unavailable,
-                format!("Keystone: {}", describe_transport(&e)),
-            )
-        })?;
-    let (answer, headers) = read_answer(resp).await.map_err(|e| {
-        CloudError::new(
-            ErrorKind::Unavailable,
-            format!("Keystone: {}", describe_transport(&e)),
-        )
-    })?;
+        .map_err(|e| transport_error(Peer::Keystone, &e))?;
+    let (mut answer, headers) = read_answer(resp, MAX_KEYSTONE_BODY_BYTES, Peer::Keystone).await?;
+    // A Keystone that echoes the request must not get the password into a message.
+    answer.body = redact(&answer.body, &[&cfg.password]);
     let status = answer.status;
+    if status != 201 && status != 200 {
+        let mut err = classify_failure(&answer);
+        let message = match status {
+            // 404 here means an unknown user, project or domain.
+            401 | 403 | 404 => {
+                err.kind = ErrorKind::AuthFailed;
+                format!("Keystone refused the credentials: {}", err.message)
+            }
+            300..=399 => format!(
+                "Keystone answered HTTP {status}: a redirect, which the operator does not follow; set auth_url to the real endpoint"
+            ),
+            _ => format!("Keystone failed: {}", err.message),
+        };
+        err.message = truncate_chars(&message, MAX_ERROR_MESSAGE_CHARS);
+        return Err(err);
+    }
     let token = headers
         .get("x-subject-token")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if status != 201 && status != 200 {
-        let mut err = classify_failure(&answer);
-        err.message = format!("Keystone refused the credentials: {}", err.message);
-        if status == 401 || status == 403 || status == 404 {
-            // 404 here means an unknown user, project or domain.
-            err.kind = ErrorKind::AuthFailed;
-        }
-        return Err(err);
-    }
-    let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
-        CloudError::new(
-            ErrorKind::Unavailable,
-            "Keystone answered without an X-Subject-Token header",
-        )
-    })?;
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            CloudError::new(
+                ErrorKind::UntrustedAnswer,
+                "Keystone answered without an X-Subject-Token header",
+            )
+        })?;
     tracing::info!(
         status,
         request_id = answer.request_id.as_deref().unwrap_or(""),
         "Keystone issued a token"
     );
-    let parsed: TokenBody = serde_json::from_str(&answer.body).map_err(|e| {
+    // serde's messages can quote the body, so none is shown.
+    let parsed: TokenBody = serde_json::from_str(&answer.body).map_err(|_| {
         CloudError::new(
-            ErrorKind::Unavailable,
-            format!("Keystone token body unreadable: {e}"),
+            ErrorKind::UntrustedAnswer,
+            "Keystone's token answer is not a Keystone v3 token",
         )
     })?;
     let image_url = image_endpoint(cfg, &parsed.token.catalog)?;
+    egress.check_url(Peer::ImageService, &image_url)?;
     Ok(Session {
         token,
         expires_at: parsed.token.expires_at,
         image_url,
+        identity: parsed
+            .token
+            .project
+            .map(|p| identity(&cfg.auth_url, &crate::cloud::error::truncate(p.id, 64))),
     })
 }
 
@@ -265,6 +375,97 @@ mod tests {
     }
 
     #[test]
+    fn urls_are_built_by_path_segments() {
+        for (auth_url, want) in [
+            ("http://k:5000", "http://k:5000/v3/auth/tokens"),
+            ("http://k:5000/", "http://k:5000/v3/auth/tokens"),
+            ("http://k:5000/v3", "http://k:5000/v3/auth/tokens"),
+            ("http://k:5000/v3//", "http://k:5000/v3/auth/tokens"),
+            ("https://k/identity", "https://k/identity/v3/auth/tokens"),
+            (
+                "https://k/identity/v3/",
+                "https://k/identity/v3/auth/tokens",
+            ),
+        ] {
+            assert_eq!(
+                tokens_url(auth_url).map(|u| u.to_string()),
+                Ok(want.to_owned()),
+                "{auth_url}"
+            );
+        }
+        for bad in [
+            "http://k:5000/v3?redirect=x",
+            "http://k:5000/v3#x",
+            "http://u:p@k:5000/v3",
+            "mailto:k@example",
+            "not a url",
+        ] {
+            assert_eq!(
+                tokens_url(bad).map_err(|e| e.kind),
+                Err(ErrorKind::CredentialsInvalid),
+                "{bad}"
+            );
+        }
+        for (endpoint, want) in [
+            ("http://g:9292", "http://g:9292/v2"),
+            ("http://g:9292/", "http://g:9292/v2"),
+            ("http://g:9292/v2/", "http://g:9292/v2"),
+            ("https://ims.example/image", "https://ims.example/image/v2"),
+        ] {
+            assert_eq!(
+                image_api_base(endpoint).map(|u| u.to_string()),
+                Ok(want.to_owned()),
+                "{endpoint}"
+            );
+        }
+        for bad in [
+            "http://g:9292/?a=1",
+            "http://g:9292/#f",
+            "http://me@g:9292/",
+        ] {
+            assert_eq!(
+                image_api_base(bad).map_err(|e| e.kind),
+                Err(ErrorKind::CredentialsInvalid),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_ambiguous_catalog_is_refused() {
+        let catalog: Vec<CatalogEntry> = serde_json::from_value(json!([
+            {"type": "image", "endpoints": [
+                {"url": "http://one:9292", "interface": "public", "region_id": "RegionOne"},
+                {"url": "http://one:9292", "interface": "public", "region_id": "RegionOne"},
+                {"url": "http://two:9292", "interface": "public", "region_id": "RegionTwo"},
+                {"url": "http://x:9292", "interface": "internal", "region_id": "RegionThree"}]}
+        ]))
+        .expect("catalog");
+        let mut c = cfg();
+        c.region_name = None;
+        let err = image_endpoint(&c, &catalog).expect_err("ambiguous");
+        assert_eq!(err.kind, ErrorKind::CredentialsInvalid);
+        assert_eq!(
+            err.message,
+            "several image endpoints in the catalog for interface `public` (regions RegionOne, RegionTwo): set region_name"
+        );
+        c.region_name = Some("RegionOne".into());
+        assert_eq!(
+            image_endpoint(&c, &catalog).map(|u| u.to_string()),
+            Ok("http://one:9292/v2".into()),
+            "the same URL twice is not ambiguous"
+        );
+        let bad: Vec<CatalogEntry> = serde_json::from_value(json!([
+            {"type": "image", "endpoints": [
+                {"url": "http://evil@one:9292/?x", "interface": "public", "region_id": "RegionOne"}]}
+        ]))
+        .expect("catalog");
+        let err = image_endpoint(&c, &bad).expect_err("userinfo");
+        assert_eq!(err.kind, ErrorKind::CredentialsInvalid);
+        assert!(!err.message.contains("evil"), "{}", err.message);
+    }
+
+    #[test]
     fn catalog_picks_image_by_interface_and_region() {
         let catalog: Vec<CatalogEntry> = serde_json::from_value(json!([
             {"type": "identity", "endpoints": [{"url": "http://k", "interface": "public", "region_id": "RegionOne"}]},
@@ -294,6 +495,7 @@ mod tests {
                 .expect("date")
                 .with_timezone(&Utc),
             image_url: url::Url::parse("http://g/v2").expect("url"),
+            identity: None,
         };
         let at = |t: &str| {
             DateTime::parse_from_rfc3339(t)

@@ -1,14 +1,26 @@
 //! Talking to the image service of a cloud: credentials, authentication, the
-//! two dialects of `DELETE /v2/images/{id}`, and what each answer means.
+//! two dialects of `DELETE /v2/images/{id}`, what each answer means, and
+//! where the operator may connect (egress policy).
+//!
+//! Everything a namespace user controls (clouds.yaml, and through a fake
+//! Keystone every answer) is bounded here: answers are read up to a limit,
+//! text from the cloud is shown only from known error shapes and cut to the
+//! `MAX_*_CHARS` limits, and secrets are scrubbed from every message.
 
 pub mod answer;
 pub mod client;
 pub mod clouds_yaml;
+pub mod egress;
 pub mod error;
 pub mod keystone;
 pub mod pool;
 
-pub use error::{CloudError, ErrorKind};
+pub use egress::EgressPolicy;
+pub use error::{
+    CloudError, ErrorKind, MAX_CLOUD_MESSAGE_CHARS, MAX_ERROR_CODE_CHARS, MAX_ERROR_MESSAGE_CHARS,
+    MAX_IMAGE_FIELD_CHARS, MAX_REQUEST_ID_CHARS,
+};
+pub use pool::{ClientPool, PoolKey};
 
 use futures::future::BoxFuture;
 
@@ -22,7 +34,9 @@ pub enum Dialect {
     Huawei,
 }
 
-/// The parts of an image record the operator reports in status.
+/// The parts of an image record the operator reports in status. Every
+/// string is at most [`MAX_IMAGE_FIELD_CHARS`] characters, without control
+/// characters.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ImageInfo {
     pub id: String,
@@ -58,6 +72,15 @@ pub enum Deletion {
 /// The image service of one cloud, with one set of credentials.
 pub trait ImageService: Send + Sync {
     fn dialect(&self) -> Dialect;
+    /// The verified cloud identity (Keystone URL and the project id of the
+    /// current token), once a token was issued; `None` before.
+    fn identity(&self) -> Option<String> {
+        None
+    }
+    /// Authenticates if needed (no image call) and returns the identity.
+    fn identify(&self) -> BoxFuture<'_, Result<Option<String>, CloudError>> {
+        Box::pin(async { Ok(None) })
+    }
     fn get_image<'a>(&'a self, image_id: &'a str) -> BoxFuture<'a, Result<Lookup, CloudError>>;
     fn delete_image<'a>(
         &'a self,

@@ -25,7 +25,7 @@ pub async fn cleanup(
     ctx: &Context,
 ) -> Result<Action, Error> {
     let key = object_key(obj);
-    let facts = gather(obj, ctx, &key).await;
+    let facts = gather(obj, ctx, &key).await?;
     let outcome = match plan::plan(&facts) {
         Plan::Done(outcome) => outcome,
         Plan::Call(call) => match ctx.cloud_for(obj).await {
@@ -51,6 +51,7 @@ pub async fn cleanup(
                         )
                     }
                 };
+                ctx.remember_identity(obj, cloud.as_ref());
                 plan::after_call(&facts, answer)
             }
         },
@@ -65,12 +66,30 @@ fn prev(obj: &CloudImage) -> crate::crd::CloudImageStatus {
     obj.status.clone().unwrap_or_default()
 }
 
-/// The facts `plan` decides on. The only I/O is waiting for the CloudImage
-/// caches (to see other claims); the acceptance counter moves here.
-async fn gather(obj: &CloudImage, ctx: &Context, key: &str) -> Facts {
+/// The facts `plan` decides on. The I/O is waiting for the CloudImage
+/// caches (to see other claims) and, only when another namespace claims the
+/// same image id, learning this object's cloud identity; the acceptance
+/// counter moves here.
+async fn gather(obj: &CloudImage, ctx: &Context, key: &str) -> Result<Facts, Error> {
     let prev = prev(obj);
     let accepted = status::deletion_accepted(&prev) || ctx.accepted.count(key) > 0;
-    Facts {
+    let mut claims = ctx.other_claims(obj).await;
+    let mut identity_problem = None;
+    // Claims in other namespaces count only for the same cloud project:
+    // learn this object's identity (a Keystone call, no image call) first.
+    if claims.as_ref().is_some_and(|c| c.elsewhere_unknown) {
+        match ctx.cloud_for(obj).await {
+            Ok(cloud) => match cloud.identify().await {
+                Ok(_) => {
+                    ctx.remember_identity(obj, cloud.as_ref());
+                    claims = ctx.other_claims(obj).await;
+                }
+                Err(e) => identity_problem = Some(e.into()),
+            },
+            Err(failure) => identity_problem = Some(failure.into_problem()?),
+        }
+    }
+    Ok(Facts {
         image_id: obj.spec.image_id.clone(),
         policy: obj.spec.deletion_policy,
         other_finalizers: obj
@@ -79,7 +98,8 @@ async fn gather(obj: &CloudImage, ctx: &Context, key: &str) -> Facts {
             .filter(|f| *f != FINALIZER)
             .cloned()
             .collect(),
-        claims: ctx.other_claims(obj).await,
+        claims,
+        identity_problem,
         dry_run: ctx.settings.dry_run,
         accepted,
         checks_since_accepted: if accepted {
@@ -88,7 +108,7 @@ async fn gather(obj: &CloudImage, ctx: &Context, key: &str) -> Facts {
             0
         },
         image_seen: status::image_was_seen(&prev),
-    }
+    })
 }
 
 async fn released(

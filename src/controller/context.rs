@@ -20,6 +20,7 @@ use super::problem::Problem;
 use super::reason::Reason;
 use super::secret_hold::{self, SecretMeta};
 use crate::cloud::ImageService;
+use crate::cloud::PoolKey;
 use crate::cloud::pool::ClientPool;
 use crate::crd::CloudImage;
 use crate::metrics::Metrics;
@@ -77,36 +78,232 @@ pub struct Context {
     pub credentials: credentials::Cache,
     /// Uids of deleted Secrets whose `SecretInUse` Event was recorded.
     pub announced: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Reconciles running per namespace, and who waits for a slot.
+    pub slots: NamespaceSlots,
+    /// The verified cloud identity of each CloudImage (by uid), learnt from
+    /// its last token: claims across namespaces count only between equals.
+    pub identities: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Uids of CloudImages already warned about an insecure endpoint.
+    pub insecure_warned: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Other CloudImages, not being deleted, that claim the same image.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Claims {
+    /// In the same namespace, as `namespace/name`.
+    pub here: Vec<String>,
+    /// In other namespaces with the same verified cloud identity (counted,
+    /// never named: another namespace's objects are none of this one's business).
+    pub elsewhere: usize,
+    /// Claims in other namespaces exist, but this object's own identity is
+    /// not known yet, so they cannot be compared.
+    pub elsewhere_unknown: bool,
+}
+
+impl Claims {
+    pub fn is_empty(&self) -> bool {
+        self.here.is_empty() && self.elsewhere == 0
+    }
+}
+
+/// The share of reconcile slots. The total is one number across the
+/// cluster (also when the operator watches several namespaces, each with a
+/// controller of its own), and each namespace is capped, so objects of one
+/// namespace (a tarpit endpoint, a mass prune) cannot hold every slot. A
+/// reconcile that finds no slot returns at once and is woken when one frees,
+/// the namespace with the fewest running first: no busy waiting.
+pub struct NamespaceSlots {
+    total: usize,
+    per_namespace: usize,
+    state: std::sync::Mutex<SlotState>,
+    /// Requeues a waiting CloudImage: the `reconcile_on` input of the
+    /// controller of each watched scope (a namespace, or `*` for all).
+    wake: Vec<(String, Wake)>,
+}
+
+type Wake = futures::channel::mpsc::UnboundedSender<ObjectRef<CloudImage>>;
+
+#[derive(Default)]
+struct SlotState {
+    running: usize,
+    busy: std::collections::HashMap<String, usize>,
+    waiting: std::collections::HashMap<String, std::collections::VecDeque<ObjectRef<CloudImage>>>,
+}
+
+/// A slot taken; freed (and a waiter woken) when dropped.
+pub struct Slot<'a> {
+    slots: &'a NamespaceSlots,
+    namespace: String,
+}
+
+impl NamespaceSlots {
+    pub fn new(total: usize, per_namespace: usize, wake: Vec<(String, Wake)>) -> Self {
+        NamespaceSlots {
+            total: total.max(1),
+            per_namespace: per_namespace.clamp(1, total.max(1)),
+            state: Default::default(),
+            wake,
+        }
+    }
+
+    /// A slot for `obj`, or `None` (then `obj` is woken later).
+    pub fn take(&self, obj: &CloudImage) -> Option<Slot<'_>> {
+        let ns = obj.namespace().unwrap_or_default();
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let busy = st.busy.get(&ns).copied().unwrap_or(0);
+        let me = ObjectRef::from_obj(obj);
+        if st.running < self.total && busy < self.per_namespace {
+            st.running += 1;
+            *st.busy.entry(ns.clone()).or_insert(0) += 1;
+            // Running now, by whatever trigger: no longer waiting.
+            remove_waiter(&mut st, &ns, &me);
+            return Some(Slot {
+                slots: self,
+                namespace: ns,
+            });
+        }
+        let queue = st.waiting.entry(ns).or_default();
+        if !queue.contains(&me) {
+            queue.push_back(me);
+        }
+        None
+    }
+
+    /// `obj` is gone: it waits no more (a wake for it would be lost).
+    pub fn forget(&self, obj: &CloudImage) {
+        let ns = obj.namespace().unwrap_or_default();
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        remove_waiter(&mut st, &ns, &ObjectRef::from_obj(obj));
+    }
+
+    fn next_waiter(&self, st: &mut SlotState) -> Option<ObjectRef<CloudImage>> {
+        let ns = st
+            .waiting
+            .keys()
+            .filter(|ns| st.busy.get(*ns).copied().unwrap_or(0) < self.per_namespace)
+            .min_by_key(|ns| st.busy.get(*ns).copied().unwrap_or(0))?
+            .clone();
+        let queue = st.waiting.get_mut(&ns)?;
+        let next = queue.pop_front();
+        if queue.is_empty() {
+            st.waiting.remove(&ns);
+        }
+        next
+    }
+}
+
+fn remove_waiter(st: &mut SlotState, ns: &str, obj: &ObjectRef<CloudImage>) {
+    if let Some(q) = st.waiting.get_mut(ns) {
+        q.retain(|w| w != obj);
+        if q.is_empty() {
+            st.waiting.remove(ns);
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let next = {
+            let mut st = self.slots.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.running = st.running.saturating_sub(1);
+            if let Some(b) = st.busy.get_mut(&self.namespace) {
+                *b = b.saturating_sub(1);
+                if *b == 0 {
+                    st.busy.remove(&self.namespace);
+                }
+            }
+            self.slots.next_waiter(&mut st)
+        };
+        if let Some(obj) = next {
+            let ns = obj.namespace.clone().unwrap_or_default();
+            for (scope, w) in &self.slots.wake {
+                if scope == "*" || *scope == ns {
+                    let _ = w.unbounded_send(obj.clone());
+                }
+            }
+        }
+    }
 }
 
 impl Context {
-    /// Other CloudImages, not being deleted themselves, that claim the same
-    /// image id as `obj`, as `namespace/name`. `None` while a watch has not
-    /// listed its CloudImages yet: a claim could be missed, so the caller
-    /// must not delete.
-    pub async fn other_claims(&self, obj: &CloudImage) -> Option<Vec<String>> {
-        let mut claims = Vec::new();
+    /// Other CloudImages that claim the same image id as `obj`: any in its
+    /// namespace; in other namespaces only those whose verified cloud
+    /// identity equals `obj`'s (so a user cannot stop another team's
+    /// deletion by naming its image). `None` while a watch has not listed
+    /// its CloudImages yet: a claim could be missed, so the caller must not
+    /// delete.
+    pub async fn other_claims(&self, obj: &CloudImage) -> Option<Claims> {
+        let ns = obj.namespace();
+        let uid = obj.uid().unwrap_or_default();
+        let identities = {
+            let ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+            ids.clone()
+        };
+        let mine = identities.get(&uid);
+        let mut claims = Claims::default();
         for store in &self.stores {
             tokio::time::timeout(Duration::from_secs(10), store.wait_until_ready())
                 .await
                 .ok()?
                 .ok()?;
             for other in store.state() {
-                if other.spec.image_id == obj.spec.image_id
-                    && other.uid() != obj.uid()
-                    && other.metadata.deletion_timestamp.is_none()
+                if other.spec.image_id != obj.spec.image_id
+                    || other.uid() == obj.uid()
+                    || other.metadata.deletion_timestamp.is_some()
                 {
-                    claims.push(format!(
+                    continue;
+                }
+                if other.namespace() == ns {
+                    claims.here.push(format!(
                         "{}/{}",
                         other.namespace().unwrap_or_default(),
                         other.name_any()
                     ));
+                } else if let Some(theirs) = identities.get(&other.uid().unwrap_or_default()) {
+                    match mine {
+                        Some(m) if m == theirs => claims.elsewhere += 1,
+                        Some(_) => {}
+                        None => claims.elsewhere_unknown = true,
+                    }
                 }
             }
         }
-        claims.sort();
-        claims.dedup();
+        claims.here.sort();
+        claims.here.dedup();
         Some(claims)
+    }
+
+    /// Remembers the verified identity behind `obj`'s last cloud call.
+    pub fn remember_identity(&self, obj: &CloudImage, cloud: &dyn ImageService) {
+        if let (Some(uid), Some(id)) = (obj.uid(), cloud.identity()) {
+            self.identities
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(uid, id);
+        }
+    }
+
+    /// True the first time (per object, per operator run) an insecure
+    /// endpoint is used for `obj`.
+    fn first_insecure_warning(&self, obj: &CloudImage) -> bool {
+        self.insecure_warned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(obj.uid().unwrap_or_default())
+    }
+
+    /// `obj` is gone: forget its identity.
+    pub fn forget_identity(&self, obj: &CloudImage) {
+        if let Some(uid) = obj.uid() {
+            self.identities
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&uid);
+            self.insecure_warned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&uid);
+        }
     }
 
     /// Whether every CloudImage watch has listed its objects, waiting up to `wait`.
@@ -189,7 +386,7 @@ impl Context {
         let ns = obj.namespace().unwrap_or_default();
         let secret_name = &obj.spec.cloud_ref.secret_name;
         let current = self.secret_meta(&ns, secret_name);
-        let (seen, cfg) = credentials::read(
+        let read = credentials::read(
             &self.client,
             &self.credentials,
             current.as_deref().map(|m| &m.metadata),
@@ -199,7 +396,7 @@ impl Context {
         )
         .await;
         // A Secret already being deleted cannot take a new finalizer.
-        if let Some(seen) = seen
+        if let Some(seen) = read.seen
             && !seen.held
             && !seen.deleting
         {
@@ -216,6 +413,83 @@ impl Context {
                 Err(e) => return Err(Error::HoldSecret(e).into()),
             }
         }
-        Ok(self.clouds.get(cfg?).map_err(Problem::from)?)
+        let cfg = read.config?;
+        let insecure = cfg.insecurities();
+        if !insecure.is_empty() && self.first_insecure_warning(obj) {
+            super::kube_io::publish(
+                &self.recorder,
+                obj,
+                kube::runtime::events::EventType::Warning,
+                Reason::InsecureEndpoint,
+                "ReadCredentials",
+                format!(
+                    "the credentials of Secret {ns}/{secret_name} are sent insecurely: {}. Use https:// and TLS verification (the operator can be told to refuse this: --refuse-insecure)",
+                    insecure.join("; ")
+                ),
+            )
+            .await;
+        }
+        let version = read.version.unwrap_or(credentials::Version {
+            uid: String::new(),
+            resource_version: String::new(),
+        });
+        // The client (and its token) is replaced when the entry's content
+        // changes, not on every new resourceVersion: the operator's own
+        // finalizer on the Secret moves that too.
+        let key = PoolKey {
+            namespace: ns,
+            secret_uid: version.uid,
+            secret_version: cfg
+                .fingerprint()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            cloud_name: obj.spec.cloud_ref.cloud_name.clone(),
+        };
+        Ok(self.clouds.get(&key, cfg).map_err(Problem::from)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    fn obj(ns: &str, name: &str) -> CloudImage {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "cloudimage.dev/v1alpha1", "kind": "CloudImage",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"imageId": "0b7f2a4c-6f57-4d3e-9a34-0c9f4c6b1a20",
+                     "cloudRef": {"secretName": "s", "cloudName": "c"}}
+        }))
+        .expect("CloudImage")
+    }
+
+    #[tokio::test]
+    async fn one_namespace_cannot_take_every_slot_and_waiters_are_woken() {
+        let (tx, mut rx) = futures::channel::mpsc::unbounded();
+        let slots = NamespaceSlots::new(4, 2, vec![("*".to_owned(), tx)]);
+        let a1 = slots.take(&obj("a", "1")).expect("slot");
+        let a2 = slots.take(&obj("a", "2")).expect("slot");
+        assert!(slots.take(&obj("a", "3")).is_none(), "a has its share");
+        let b1 = slots.take(&obj("b", "1")).expect("b still gets a slot");
+        let _b2 = slots.take(&obj("b", "2")).expect("slot");
+        assert!(slots.take(&obj("c", "1")).is_none(), "all 4 taken");
+        drop(b1);
+        // c waits with no slot of its own running: it is woken first.
+        assert_eq!(rx.next().await.map(|r| r.name), Some("1".to_owned()));
+        // a/3 went away meanwhile: a freed slot wakes nobody for it.
+        slots.forget(&obj("a", "3"));
+        drop(a1);
+        assert!(rx.try_recv().is_err(), "no wake for a gone object");
+        // A waiter that got a slot by another trigger waits no more.
+        let _a5 = slots.take(&obj("a", "5")).expect("slot");
+        let a6 = slots.take(&obj("a", "6"));
+        assert!(a6.is_none());
+        drop(a2);
+        let again = slots.take(&obj("a", "6")).expect("slot");
+        drop(again);
+        assert_eq!(rx.next().await.map(|r| r.name), Some("6".to_owned()));
+        assert!(rx.try_recv().is_err(), "woken once, then it waits no more");
     }
 }

@@ -141,6 +141,15 @@ impl Cache {
     }
 }
 
+/// What [`read`] found.
+pub struct Read {
+    /// The Secret itself, when it was seen.
+    pub seen: Option<SecretSeen>,
+    /// The Secret version the entry comes from.
+    pub version: Option<Version>,
+    pub config: Result<CloudConfig, Failure>,
+}
+
 /// Reads `cloud_ref` from `namespace`. The namespace is always the
 /// CloudImage's own: a CloudImage cannot name a Secret elsewhere.
 ///
@@ -154,50 +163,61 @@ pub async fn read(
     namespace: &str,
     cloud_ref: &CloudRef,
     on_get: impl FnOnce(),
-) -> (Option<SecretSeen>, Result<CloudConfig, Failure>) {
+) -> Read {
     if let Some(meta) = current
         && let Some(version) = Version::of(meta)
         && let Some(hit) = cache.lookup(namespace, cloud_ref, &version)
     {
-        return (Some(SecretSeen::of(meta)), hit.map_err(Failure::Problem));
+        return Read {
+            seen: Some(SecretSeen::of(meta)),
+            version: Some(version),
+            config: hit.map_err(Failure::Problem),
+        };
     }
     on_get();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = match secrets.get_opt(&cloud_ref.secret_name).await {
         Ok(Some(s)) => s,
         Ok(None) => {
-            return (
-                None,
-                Err(missing(format!(
-                    "Secret {namespace}/{} does not exist; create it with a `{CLOUDS_YAML_KEY}` key",
-                    cloud_ref.secret_name
-                ))),
-            );
+            return nothing(missing(format!(
+                "Secret {namespace}/{} does not exist; create it with a `{CLOUDS_YAML_KEY}` key",
+                cloud_ref.secret_name
+            )));
         }
         Err(kube::Error::Api(e)) if e.code == 403 => {
-            return (
-                None,
-                Err(missing(format!(
-                    "the operator is not allowed to read Secret {namespace}/{} (RBAC: it needs `get` on secrets in this namespace)",
-                    cloud_ref.secret_name
-                ))),
-            );
+            return nothing(missing(format!(
+                "the operator is not allowed to read Secret {namespace}/{} (RBAC: it needs `get` on secrets in this namespace)",
+                cloud_ref.secret_name
+            )));
         }
-        Err(e) => return (None, Err(Error::ReadCredentials(e).into())),
+        Err(e) => return nothing(Error::ReadCredentials(e).into()),
     };
     let seen = SecretSeen::of(&secret.metadata);
     let parsed = parse_secret(&secret, namespace, cloud_ref);
-    if let Some(version) = Version::of(&secret.metadata) {
+    let version = Version::of(&secret.metadata);
+    if let Some(version) = &version {
         let to_cache = match &parsed {
             Ok(cfg) => Some(Ok(cfg.clone())),
             Err(Failure::Problem(p)) => Some(Err(p.clone())),
             Err(Failure::Kube(_)) => None,
         };
         if let Some(c) = to_cache {
-            cache.store(namespace, cloud_ref, version, c);
+            cache.store(namespace, cloud_ref, version.clone(), c);
         }
     }
-    (Some(seen), parsed)
+    Read {
+        seen: Some(seen),
+        version,
+        config: parsed,
+    }
+}
+
+fn nothing(failure: Failure) -> Read {
+    Read {
+        seen: None,
+        version: None,
+        config: Err(failure),
+    }
 }
 
 /// Extracts and parses the cloud entry from a Secret's data.

@@ -25,7 +25,11 @@ pub async fn observe(
     let prev = obj.status.clone().unwrap_or_default();
     let id = &obj.spec.image_id;
     let result: Result<Lookup, Problem> = match ctx.cloud_for(obj).await {
-        Ok(cloud) => cloud.get_image(id).await.map_err(Problem::from),
+        Ok(cloud) => {
+            let r = cloud.get_image(id).await.map_err(Problem::from);
+            ctx.remember_identity(obj, cloud.as_ref());
+            r
+        }
         Err(failure) => Err(failure.into_problem()?),
     };
     let next = status::live_status(

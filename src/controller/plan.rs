@@ -5,6 +5,7 @@
 //! row of this module's table test.
 
 use super::backoff::Pace;
+use super::context::Claims;
 use super::problem::Problem;
 use super::reason::Reason;
 use super::status::DeletionStep;
@@ -21,10 +22,13 @@ pub struct Facts {
     pub policy: DeletionPolicy,
     /// Finalizers on the object other than the operator's.
     pub other_finalizers: Vec<String>,
-    /// Other CloudImages, not being deleted, that claim the same image, as
-    /// `namespace/name`; `None` while a watch has not listed its namespace
-    /// yet (a claim could be missed).
-    pub claims: Option<Vec<String>>,
+    /// Other CloudImages, not being deleted, that claim the same image;
+    /// `None` while a watch has not listed its namespace yet (a claim could
+    /// be missed).
+    pub claims: Option<Claims>,
+    /// Why this object's cloud identity could not be learnt, when claims in
+    /// other namespaces need it for comparison.
+    pub identity_problem: Option<Problem>,
     /// `--dry-run`.
     pub dry_run: bool,
     /// The cloud accepted a DELETE earlier (`status.deletion.acceptedTime`,
@@ -102,15 +106,40 @@ pub fn plan(f: &Facts) -> Plan {
             }));
         }
         // Not ours alone to delete: release this object and leave the
-        // image to the other claim.
+        // image to the other claim. Other namespaces' objects are counted,
+        // never named.
         Some(claims) if !claims.is_empty() => {
+            let mut by = Vec::new();
+            if !claims.here.is_empty() {
+                by.push(format!("CloudImage {}", claims.here.join(", ")));
+            }
+            if claims.elsewhere > 0 {
+                by.push(format!(
+                    "{} CloudImage(s) in other namespaces using the same cloud project",
+                    claims.elsewhere
+                ));
+            }
             return Plan::Done(Outcome::Release(Release {
                 reason: Reason::ImageStillClaimed,
                 warning: false,
                 note: format!(
-                    "image {id} was not deleted: it is still claimed by CloudImage {}",
-                    claims.join(", ")
+                    "image {id} was not deleted: it is still claimed by {}",
+                    by.join(" and ")
                 ),
+            }));
+        }
+        // Claims elsewhere cannot be compared before this object's own
+        // identity is known: hold rather than risk deleting a shared image.
+        Some(claims) if claims.elsewhere_unknown => {
+            return Plan::Done(Outcome::Hold(DeletionStep::Failed {
+                problem: f.identity_problem.clone().unwrap_or_else(|| {
+                    Problem::new(
+                        Reason::WatchNotSynced,
+                        "another namespace claims this image id; the operator must authenticate with these credentials before it can tell whether that is the same cloud project; it will retry",
+                        Pace::Fast,
+                    )
+                }),
+                attempted: false,
             }));
         }
         Some(_) => {}
@@ -222,7 +251,8 @@ mod tests {
             image_id: ID.into(),
             policy: DeletionPolicy::Delete,
             other_finalizers: vec![],
-            claims: Some(vec![]),
+            claims: Some(Claims::default()),
+            identity_problem: None,
             dry_run: false,
             accepted: false,
             checks_since_accepted: 0,
@@ -325,12 +355,42 @@ mod tests {
             row(
                 "3. another live claim: release, leave the image to it",
                 Facts {
-                    claims: Some(vec!["team-b/img".into()]),
+                    claims: Some(Claims {
+                        here: vec!["team-a/img".into()],
+                        ..Claims::default()
+                    }),
                     ..facts()
                 },
                 None,
                 None,
                 released(Reason::ImageStillClaimed, false),
+            ),
+            row(
+                "3. a claim in another namespace of the same verified cloud project: release",
+                Facts {
+                    claims: Some(Claims {
+                        elsewhere: 1,
+                        ..Claims::default()
+                    }),
+                    ..facts()
+                },
+                None,
+                None,
+                released(Reason::ImageStillClaimed, false),
+            ),
+            row(
+                "3. claims elsewhere, own identity unknown (authentication failed): hold",
+                Facts {
+                    claims: Some(Claims {
+                        elsewhere_unknown: true,
+                        ..Claims::default()
+                    }),
+                    identity_problem: Some(problem(ErrorKind::AuthFailed)),
+                    ..facts()
+                },
+                None,
+                None,
+                held(Reason::AuthFailed, false),
             ),
             row(
                 "4. Glance 204: deleted, released",
@@ -496,6 +556,23 @@ mod tests {
         assert!(backup_ignored(Dialect::OpenStack, true, 1).is_none());
         assert!(backup_ignored(Dialect::OpenStack, false, 0).is_none());
         assert!(backup_ignored(Dialect::Huawei, true, 0).is_none());
+    }
+
+    #[test]
+    fn claims_in_other_namespaces_are_counted_never_named() {
+        let f = Facts {
+            claims: Some(Claims {
+                here: vec!["team-a/mine".into()],
+                elsewhere: 2,
+                elsewhere_unknown: false,
+            }),
+            ..facts()
+        };
+        let Plan::Done(Outcome::Release(r)) = plan(&f) else {
+            panic!("released")
+        };
+        assert!(r.note.contains("team-a/mine"));
+        assert!(r.note.contains("2 CloudImage(s) in other namespaces"));
     }
 
     #[test]

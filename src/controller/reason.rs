@@ -24,6 +24,7 @@ pub enum Reason {
     Throttled,
     CloudUnavailable,
     CredentialsInvalid,
+    UntrustedAnswer,
     // Problems found before any cloud call.
     CredentialsMissing,
     InvalidSpec,
@@ -40,6 +41,7 @@ pub enum Reason {
     // Other Events.
     DeleteBackupIgnored,
     SecretInUse,
+    InsecureEndpoint,
 }
 
 impl Reason {
@@ -57,6 +59,7 @@ impl Reason {
         Reason::Throttled,
         Reason::CloudUnavailable,
         Reason::CredentialsInvalid,
+        Reason::UntrustedAnswer,
         Reason::CredentialsMissing,
         Reason::InvalidSpec,
         Reason::WatchNotSynced,
@@ -69,6 +72,7 @@ impl Reason {
         Reason::ImageStillClaimed,
         Reason::DeleteBackupIgnored,
         Reason::SecretInUse,
+        Reason::InsecureEndpoint,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +89,7 @@ impl Reason {
             Reason::Throttled => "Throttled",
             Reason::CloudUnavailable => "CloudUnavailable",
             Reason::CredentialsInvalid => "CredentialsInvalid",
+            Reason::UntrustedAnswer => "UntrustedAnswer",
             Reason::CredentialsMissing => "CredentialsMissing",
             Reason::InvalidSpec => "InvalidSpec",
             Reason::WatchNotSynced => "WatchNotSynced",
@@ -97,6 +102,7 @@ impl Reason {
             Reason::ImageStillClaimed => "ImageStillClaimed",
             Reason::DeleteBackupIgnored => "DeleteBackupIgnored",
             Reason::SecretInUse => "SecretInUse",
+            Reason::InsecureEndpoint => "InsecureEndpoint",
         }
     }
 }
@@ -118,6 +124,7 @@ impl From<ErrorKind> for Reason {
             ErrorKind::Throttled => Reason::Throttled,
             ErrorKind::Unavailable => Reason::CloudUnavailable,
             ErrorKind::CredentialsInvalid => Reason::CredentialsInvalid,
+            ErrorKind::UntrustedAnswer => Reason::UntrustedAnswer,
         }
     }
 }
@@ -141,6 +148,7 @@ mod tests {
             ErrorKind::Throttled,
             ErrorKind::Unavailable,
             ErrorKind::CredentialsInvalid,
+            ErrorKind::UntrustedAnswer,
         ] {
             assert_eq!(Reason::from(kind).as_str(), kind.reason());
         }

@@ -26,6 +26,12 @@ pub async fn reconcile(obj: Arc<CloudImage>, ctx: Arc<Context>) -> Result<Action
         name = %obj.name_any(),
         image_id = %obj.spec.image_id
     );
+    // This namespace's share of the slots is taken: give the slot back at
+    // once; a slot of this namespace freeing wakes this object (the requeue
+    // is only a safety net).
+    let Some(_slot) = ctx.slots.take(&obj) else {
+        return Ok(Action::requeue(std::time::Duration::from_secs(10)));
+    };
     let started = std::time::Instant::now();
     let result = dispatch(obj, ctx.clone()).instrument(span).await;
     ctx.metrics.reconciled(started.elapsed());

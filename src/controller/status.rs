@@ -155,9 +155,14 @@ pub fn deleting_status(
     progress.last_error = match step {
         DeletionStep::Failed { problem, .. } => Some(DeletionError {
             reason: problem.reason.as_str().to_owned(),
-            message: problem.message.clone(),
+            message: crate::cloud::error::truncate(
+                problem.message.clone(),
+                crate::cloud::error::MAX_ERROR_MESSAGE_CHARS,
+            ),
             http_status: problem.http_status,
-            request_id: problem.request_id.clone(),
+            request_id: problem.request_id.clone().map(|r| {
+                crate::cloud::error::truncate(r, crate::cloud::error::MAX_REQUEST_ID_CHARS)
+            }),
         }),
         _ => None,
     };

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod glance;
+pub mod hostile;
 pub mod ims_double;
 pub mod relay;
 
@@ -407,7 +408,8 @@ impl Scope {
                     ("--retry-max", "3s"),
                     ("--accepted-poll-interval", "500ms"),
                     ("--resync-interval", "2s"),
-                    ("--admin-addr", "127.0.0.1:0"),
+                    ("--health-addr", "127.0.0.1:0"),
+                    ("--metrics-addr", "127.0.0.1:0"),
                 ]
                 .into_iter()
                 .filter(|(flag, _)| !extra.contains(flag))
@@ -455,13 +457,15 @@ impl Operator {
         let _ = self.child.kill().await;
     }
 
-    /// The address of its admin endpoints (port 0 = a free one, in the log).
-    pub async fn admin_addr(&self) -> String {
-        wait_for("the admin endpoints to listen", T, || async {
+    /// The address a listener of the operator logged (`health` or
+    /// `metrics`; port 0 = a free one, so it is read from the log).
+    pub async fn addr(&self, which: &str) -> String {
+        let key = format!("{which}=");
+        wait_for(&format!("the {which} endpoint to listen"), T, || async {
             let log = self.log();
             log.lines()
-                .find(|l| l.contains("admin endpoints"))
-                .and_then(|l| l.split("admin=").nth(1))
+                .find(|l| l.contains("listening") && l.contains(&key))
+                .and_then(|l| l.split(&key).nth(1))
                 .and_then(|r| r.split_whitespace().next())
                 .map(str::to_owned)
                 .ok_or(log)
@@ -471,7 +475,7 @@ impl Operator {
 
     /// The value of an unlabelled counter on its `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
-        let url = format!("http://{}/metrics", self.admin_addr().await);
+        let url = format!("http://{}/metrics", self.addr("metrics").await);
         let text = reqwest::get(url)
             .await
             .expect("GET /metrics")
@@ -482,6 +486,17 @@ impl Operator {
             .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
+
+    /// Resident memory of the operator process, in KiB (VmRSS).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
     }
 
     /// Asks the operator to stop (SIGTERM) and waits for it to exit.
