@@ -53,22 +53,26 @@ pub async fn serve_health(
 pub async fn serve_metrics(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
+    stores: Vec<Store<CloudImage>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
     let app = Router::new()
         .route(
             "/metrics",
-            get(|State(m): State<Arc<Metrics>>| async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    m.render(),
-                )
-            }),
+            get(
+                |State((m, stores)): State<(Arc<Metrics>, Vec<Store<CloudImage>>)>| async move {
+                    m.set_watched(stores.iter().map(|s| s.state().len()).sum());
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.render(),
+                    )
+                },
+            ),
         )
-        .with_state(metrics);
+        .with_state((metrics, stores));
     serve(addr, app, shutdown).await
 }
 

@@ -84,6 +84,42 @@ pub struct Args {
     #[arg(long, env = "CLOUDIMAGE_REFUSE_INSECURE")]
     pub refuse_insecure: bool,
 
+    /// Run leader election with a Lease, so several replicas can run and
+    /// only one acts (the others keep their caches warm and take over).
+    #[arg(long, env = "CLOUDIMAGE_LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// Name of the Lease (one per operator release; shards need one each).
+    #[arg(
+        long,
+        env = "CLOUDIMAGE_LEADER_ELECTION_ID",
+        default_value = "cloudimage-operator"
+    )]
+    pub leader_election_id: String,
+
+    /// Namespace of the Lease (in a pod: its own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub leader_election_namespace: String,
+
+    /// How long a Lease is valid without renewal; a standby takes over after it.
+    #[arg(long, env = "CLOUDIMAGE_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
+    /// A leader that could not renew for this long stops acting (shorter
+    /// than --lease-duration, so two never act at once).
+    #[arg(long, env = "CLOUDIMAGE_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub renew_deadline: Duration,
+
+    /// How often the Lease is renewed or tried.
+    #[arg(long, env = "CLOUDIMAGE_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    pub retry_period: Duration,
+
+    /// Only CloudImages with these labels (a Kubernetes label selector), to
+    /// split a very large fleet between several operator releases, each
+    /// with its own --leader-election-id.
+    #[arg(long, env = "CLOUDIMAGE_LABEL_SELECTOR")]
+    pub label_selector: Option<String>,
+
     /// Address of the health endpoints (/livez, /readyz). Port 0 picks a free one.
     #[arg(long, env = "CLOUDIMAGE_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
     pub health_addr: std::net::SocketAddr,
@@ -117,6 +153,17 @@ pub fn parse_optional_addr(s: &str) -> Result<ListenAddr, String> {
 }
 
 impl Args {
+    /// Checks that flags fit together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.leader_elect && self.renew_deadline >= self.lease_duration {
+            return Err("--renew-deadline must be shorter than --lease-duration".into());
+        }
+        if self.leader_elect && self.retry_period >= self.renew_deadline {
+            return Err("--retry-period must be shorter than --renew-deadline".into());
+        }
+        Ok(())
+    }
+
     /// The per-namespace cap: the flag, else half of --concurrency (at least 1).
     pub fn namespace_slots(&self) -> usize {
         usize::from(

@@ -5,5 +5,6 @@ pub mod cli;
 pub mod cloud;
 pub mod controller;
 pub mod crd;
+pub mod leader;
 pub mod metrics;
 pub mod run;

@@ -24,6 +24,22 @@ struct ReleaseLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+fn call_histogram() -> Histogram {
+    // 5 ms .. ~40 s
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
 fn reconcile_histogram() -> Histogram {
     // 1 ms .. ~33 s
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -43,6 +59,12 @@ pub struct Metrics {
     released: Family<ReleaseLabels, Histogram, fn() -> Histogram>,
     secret_reads: Counter,
     secrets_released: Counter,
+    leader: prometheus_client::metrics::gauge::Gauge,
+    cloud_calls: Family<CallLabels, Counter>,
+    cloud_call_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    blocked: Family<ReleaseLabels, prometheus_client::metrics::gauge::Gauge>,
+    blocked_by: std::sync::Mutex<std::collections::HashMap<String, Reason>>,
+    watched: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Default for Metrics {
@@ -57,6 +79,40 @@ impl Default for Metrics {
         );
         let secret_reads = Counter::default();
         let secrets_released = Counter::default();
+        let leader = prometheus_client::metrics::gauge::Gauge::default();
+        let cloud_calls = Family::<CallLabels, Counter>::default();
+        let cloud_call_duration =
+            Family::<OperationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                call_histogram,
+            );
+        let blocked = Family::<ReleaseLabels, prometheus_client::metrics::gauge::Gauge>::default();
+        let watched = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "cloudimage_cloud_requests",
+            "Calls to the image service, by operation (get, delete) and outcome (a Deletion/Lookup kind or a reason)",
+            cloud_calls.clone(),
+        );
+        registry.register_with_unit(
+            "cloudimage_cloud_request_duration",
+            "How long a call to the image service took, authentication included",
+            Unit::Seconds,
+            cloud_call_duration.clone(),
+        );
+        registry.register(
+            "cloudimage_deletions_blocked",
+            "CloudImages being deleted whose last attempt failed, by reason",
+            blocked.clone(),
+        );
+        registry.register(
+            "cloudimage_objects_watched",
+            "CloudImages in the operator's caches",
+            watched.clone(),
+        );
+        registry.register(
+            "cloudimage_leader",
+            "1 while this process is the leader and acts, 0 while it stands by",
+            leader.clone(),
+        );
         registry.register(
             "cloudimage_reconciles",
             "Reconciles run",
@@ -103,6 +159,12 @@ impl Default for Metrics {
             released,
             secret_reads,
             secrets_released,
+            leader,
+            cloud_calls,
+            cloud_call_duration,
+            blocked,
+            blocked_by: Default::default(),
+            watched,
         }
     }
 }
@@ -150,6 +212,48 @@ impl Metrics {
         self.secrets_released.inc();
     }
 
+    /// Counts one call to the image service.
+    pub fn cloud_call(&self, operation: &'static str, outcome: &'static str, took: Duration) {
+        self.cloud_calls
+            .get_or_create(&CallLabels { operation, outcome })
+            .inc();
+        self.cloud_call_duration
+            .get_or_create(&OperationLabels { operation })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Whether the deletion of the object `uid` is blocked now, and by what.
+    pub fn set_blocked(&self, uid: &str, reason: Option<Reason>) {
+        let mut by = self.blocked_by.lock().unwrap_or_else(|p| p.into_inner());
+        let before = match reason {
+            Some(r) => by.insert(uid.to_owned(), r),
+            None => by.remove(uid),
+        };
+        if before == reason {
+            return;
+        }
+        if let Some(b) = before {
+            self.blocked
+                .get_or_create(&ReleaseLabels { reason: b.as_str() })
+                .dec();
+        }
+        if let Some(r) = reason {
+            self.blocked
+                .get_or_create(&ReleaseLabels { reason: r.as_str() })
+                .inc();
+        }
+    }
+
+    /// How many CloudImages the caches hold.
+    pub fn set_watched(&self, n: usize) {
+        self.watched.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Whether this process leads now.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -176,7 +280,26 @@ mod tests {
         m.problem("cleanup", Reason::Protected);
         m.problem("cleanup", Reason::Protected);
         m.secret_read();
+        m.cloud_call("delete", "Deleted", Duration::from_millis(20));
+        m.set_blocked("u1", Some(Reason::Protected));
+        m.set_blocked("u2", Some(Reason::Protected));
+        m.set_blocked("u1", Some(Reason::InUse));
+        m.set_blocked("u2", None);
         let text = m.render();
+        assert!(
+            text.contains("cloudimage_deletions_blocked{reason=\"Protected\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cloudimage_deletions_blocked{reason=\"InUse\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "cloudimage_cloud_requests_total{operation=\"delete\",outcome=\"Deleted\"} 1\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("cloudimage_reconciles_total 1\n"), "{text}");
         assert!(
             text.contains("cloudimage_images_deleted_total 1\n"),

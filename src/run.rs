@@ -24,6 +24,7 @@ use crate::controller::guard::{guard, guard_error_policy};
 use crate::controller::reconcile::{error_policy, reconcile};
 use crate::controller::secret_hold::{self as secrets, SecretMeta};
 use crate::crd::CloudImage;
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,8 @@ pub enum RunError {
     Listen(&'static str, std::net::SocketAddr, #[source] std::io::Error),
     #[error("invalid --log-level: {0}")]
     LogFilter(String),
+    #[error("invalid flags: {0}")]
+    Flags(String),
 }
 
 pub fn init_logging(args: &Args) -> Result<(), RunError> {
@@ -111,6 +114,7 @@ async fn shutdown_signal() {
 
 /// Runs the operator until SIGTERM or Ctrl-C.
 pub async fn run(args: Args) -> Result<(), RunError> {
+    args.validate().map_err(RunError::Flags)?;
     let client = client(&args).await?;
     match Api::<CloudImage>::all(client.clone())
         .list_metadata(&ListParams::default().limit(1))
@@ -122,12 +126,12 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         // With namespaced RBAC a cluster-wide list is refused; the watches below say more.
         Err(e) => warn!(error = %e, "cannot list CloudImages cluster-wide"),
     }
-    let instance = std::env::var("POD_NAME")
+    let instance: Option<String> = std::env::var("POD_NAME")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok());
     let reporter = Reporter {
         controller: "cloudimage-operator".into(),
-        instance,
+        instance: instance.clone(),
     };
     let settings = Settings {
         dry_run: args.dry_run,
@@ -167,7 +171,38 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         .into_iter()
         .map(|(scope, cimgs, secrets)| Watch::new(scope, cimgs, secrets))
         .collect();
+    let metrics = Arc::new(Metrics::default());
+    let election = if args.leader_elect {
+        let identity = format!(
+            "{}_{:08x}",
+            instance
+                .clone()
+                .unwrap_or_else(|| "cloudimage-operator".into()),
+            rand::random::<u32>()
+        );
+        let m = metrics.clone();
+        Some(crate::leader::spawn(
+            client.clone(),
+            crate::leader::Config {
+                namespace: args.leader_election_namespace.clone(),
+                name: args.leader_election_id.clone(),
+                identity,
+                lease_duration: args.lease_duration,
+                renew_deadline: args.renew_deadline,
+                retry_period: args.retry_period,
+            },
+            Arc::new(move |leading| m.set_leader(leading)),
+        ))
+    } else {
+        metrics.set_leader(true);
+        None
+    };
+    let leadership = election
+        .as_ref()
+        .map(|e| e.leadership.clone())
+        .unwrap_or_else(Leadership::always);
     let ctx = Arc::new(Context {
+        leader: leadership.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         clouds: ClientPool::new(
@@ -182,7 +217,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         failures: Counts::default(),
         settings,
         stores: watches.iter().map(|w| w.cimgs.0.clone()).collect(),
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         accepted: Counts::default(),
         secret_stores: watches.iter().map(|w| w.secrets.0.clone()).collect(),
         credentials: Default::default(),
@@ -205,18 +240,32 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     info!(%health, "health endpoints (/livez, /readyz) listening");
     match args.metrics_addr.0 {
         Some(addr) => {
-            let metrics = crate::admin::serve_metrics(addr, ctx.metrics.clone(), shutdown.clone())
-                .await
-                .map_err(|e| RunError::Listen("--metrics-addr", addr, e))?;
+            let metrics = crate::admin::serve_metrics(
+                addr,
+                ctx.metrics.clone(),
+                ctx.stores.clone(),
+                shutdown.clone(),
+            )
+            .await
+            .map_err(|e| RunError::Listen("--metrics-addr", addr, e))?;
             info!(%metrics, "metrics endpoint (/metrics) listening");
         }
         None => info!("metrics endpoint off (--metrics-addr off)"),
     }
     let controllers = watches.into_iter().flat_map(|w| {
         info!(namespace = %w.scope, concurrency = args.concurrency, "watching CloudImages and the metadata of Secrets");
-        w.run(ctx.clone(), args.concurrency, shutdown.clone())
+        w.run(
+            ctx.clone(),
+            args.concurrency,
+            args.label_selector.clone(),
+            shutdown.clone(),
+        )
     });
     futures::future::join_all(controllers).await;
+    // Reconciles have finished: hand the Lease over at once.
+    if let Some(e) = election {
+        e.release().await;
+    }
     info!("stopped");
     Ok(())
 }
@@ -258,6 +307,7 @@ impl Watch {
         self,
         ctx: Arc<Context>,
         concurrency: u16,
+        label_selector: Option<String>,
         shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
     ) -> Vec<futures::future::BoxFuture<'static, ()>> {
         let (ci_reader, mut ci_writer, ci_api) = self.cimgs;
@@ -269,10 +319,14 @@ impl Watch {
         // A relisted CloudImage watch may have missed deletions: every guard looks again.
         let (recheck_all_tx, recheck_all_rx) = mpsc::unbounded::<()>();
 
+        let cimg_watch_config = match &label_selector {
+            Some(sel) => watcher::Config::default().labels(sel),
+            None => watcher::Config::default(),
+        };
         let cimg_events = {
             let reader = ci_reader.clone();
             let ctx = ctx.clone();
-            watcher(ci_api, watcher::Config::default())
+            watcher(ci_api, cimg_watch_config.clone())
                 .default_backoff()
                 .inspect_ok(move |event| {
                     let old = match event {
@@ -293,6 +347,7 @@ impl Watch {
                             ctx.accepted.reset(&object_key(o));
                             ctx.slots.forget(o);
                             ctx.forget_identity(o);
+                            ctx.metrics.set_blocked(&o.uid().unwrap_or_default(), None);
                         }
                         watcher::Event::InitDone => {
                             let _ = recheck_all_tx.unbounded_send(());
@@ -371,6 +426,9 @@ impl Watch {
         let cloudimages = Controller::for_stream(cimg_events, ci_reader)
             .with_config(ControllerConfig::default().concurrency(concurrency))
             .reconcile_on(requeue_rx)
+            // A standby keeps its caches warm; when it becomes the leader
+            // it looks at everything.
+            .reconcile_all_on(ctx.leader.gained())
             .graceful_shutdown_on(shutdown.clone())
             .run(reconcile, error_policy, ctx.clone())
             .for_each(|res| async move {
@@ -381,7 +439,7 @@ impl Watch {
         let guard = Controller::for_stream(secret_events, s_reader)
             .with_config(ControllerConfig::default().concurrency(2))
             .reconcile_on(recheck_rx)
-            .reconcile_all_on(recheck_all_rx)
+            .reconcile_all_on(futures::stream::select(recheck_all_rx, ctx.leader.gained()))
             .graceful_shutdown_on(shutdown)
             .run(guard, guard_error_policy, ctx)
             .for_each(|res| async move {

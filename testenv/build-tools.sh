@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the test binaries (etcd, kube-apiserver, kube-controller-manager,
-# kubectl, helm) from the Go
+# kubectl, helm, and kstatus-check for the GitOps tests) from the Go
 # modules pinned in testenv/go/*, into a cache outside the checkout keyed by
 # version. A binary already present with the right --version is not rebuilt.
 # Also creates the Python venv holding Keystone and Glance (testenv/python/).
@@ -12,6 +12,9 @@ CACHE="${CLOUDIMAGE_CACHE:-$HOME/.cache/cloudimage-testenv}"
 KUBE_VERSION="$(awk '$1=="require" && $2=="k8s.io/kubernetes" {print $3}' "$HERE/go/kube/go.mod")"
 ETCD_VERSION="$(awk '$1=="go.etcd.io/etcd/server/v3" {print $2}' "$HERE/go/etcd/go.mod" | head -1)"
 HELM_VERSION="$(awk '$1=="helm.sh/helm/v3" {print $2}' "$HERE/go/helm/go.mod" | head -1)"
+# kstatus-check is our own main.go around cli-utils: keyed by both.
+KSTATUS_VERSION="$(awk '$1=="sigs.k8s.io/cli-utils" {print $2}' "$HERE/go/kstatus/go.mod" | head -1)"
+KSTATUS_KEY="$(cat "$HERE/go/kstatus/main.go" "$HERE/go/kstatus/go.mod" "$HERE/go/kstatus/go.sum" | sha256sum | cut -c1-12)"
 PY_KEY="$(sha256sum "$HERE/python/requirements.txt" | cut -c1-12)"
 
 export GOTOOLCHAIN=local CGO_ENABLED=0
@@ -21,6 +24,7 @@ export GOFLAGS=-mod=readonly
 BIN_KUBE="$CACHE/kube-$KUBE_VERSION"
 BIN_ETCD="$CACHE/etcd-$ETCD_VERSION"
 BIN_HELM="$CACHE/helm-$HELM_VERSION"
+BIN_KSTATUS="$CACHE/kstatus-$KSTATUS_VERSION-$KSTATUS_KEY"
 VENV="$CACHE/venv-$PY_KEY"
 
 log() { printf '[build-tools] %s\n' "$*" >&2; }
@@ -66,6 +70,14 @@ build_helm() {
   if ! has_version "$BIN_HELM/helm" "$HELM_VERSION" version --short; then
     log "building helm $HELM_VERSION"
     (cd "$HERE/go/helm" && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" -o "$BIN_HELM/helm" helm.sh/helm/v3/cmd/helm)
+  fi
+}
+
+build_kstatus() {
+  mkdir -p "$BIN_KSTATUS"
+  if ! has_version "$BIN_KSTATUS/kstatus-check" "$KSTATUS_VERSION" --version; then
+    log "building kstatus-check (sigs.k8s.io/cli-utils $KSTATUS_VERSION)"
+    (cd "$HERE/go/kstatus" && go build -trimpath -ldflags "-s -w" -o "$BIN_KSTATUS/kstatus-check" .)
   fi
 }
 
@@ -115,11 +127,12 @@ main() {
     kube) build_kube ;;
     etcd) build_etcd ;;
     helm) build_helm ;;
+    kstatus) build_kstatus ;;
     venv) build_venv ;;
-    all) build_venv; build_etcd; build_kube; build_helm ;;
+    all) build_venv; build_etcd; build_kube; build_helm; build_kstatus ;;
     paths)
-      echo "KUBE_BIN_DIR=$BIN_KUBE"; echo "ETCD_BIN_DIR=$BIN_ETCD"; echo "HELM_BIN_DIR=$BIN_HELM"; echo "VENV=$VENV"; return ;;
-    *) echo "usage: $0 [all|kube|etcd|helm|venv|paths]" >&2; exit 2 ;;
+      echo "KUBE_BIN_DIR=$BIN_KUBE"; echo "ETCD_BIN_DIR=$BIN_ETCD"; echo "HELM_BIN_DIR=$BIN_HELM"; echo "KSTATUS_BIN_DIR=$BIN_KSTATUS"; echo "VENV=$VENV"; return ;;
+    *) echo "usage: $0 [all|kube|etcd|helm|kstatus|venv|paths]" >&2; exit 2 ;;
   esac
 }
 main "$@"

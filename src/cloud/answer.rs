@@ -20,6 +20,36 @@ pub const MAX_KEYSTONE_BODY_BYTES: usize = 1024 * 1024;
 /// At most this many bytes of an image API answer (a record, or an error).
 pub const MAX_IMAGE_BODY_BYTES: usize = 64 * 1024;
 
+/// IMS codes that say the image is gone or going (no such image, already
+/// being deleted): a DELETE answered with one is confirmed by GET.
+pub const IMS_ALREADY_GONE: [&str; 3] = ["IMG.0027", "IMG.0086", "IMG.0144"];
+
+/// What an IMS or API gateway error code means, whatever the HTTP status
+/// (`docs/cloud-api-contract.md`, "What each DELETE answer means"), with
+/// the words added to the cloud's message, if any.
+pub fn ims_code_kind(code: &str) -> Option<(ErrorKind, &'static str)> {
+    Some(match code {
+        "IMG.0028" => (ErrorKind::Protected, ""),
+        // Only the owner may delete; another tenant's image; public image; no permission.
+        "IMG.0092" | "IMG.0047" | "IMG.0106" | "IMG.0094" | "IMG.0026" => {
+            (ErrorKind::Forbidden, "")
+        }
+        // Still being created; being exported.
+        "IMG.0090" | "IMG.0148" => (ErrorKind::InUse, ""),
+        "IMG.0104" => (
+            ErrorKind::CredentialsInvalid,
+            "the region holds several projects of this account: name the project (auth.project_id, or auth.project_name for IAM passwords)",
+        ),
+        "IMG.0176" => (
+            ErrorKind::Unavailable,
+            "the backup behind this whole-machine image could not be deleted; the operator retries (deleteBackup: false keeps the backup)",
+        ),
+        "APIGW.0301" => (ErrorKind::AuthFailed, ""),
+        "APIG.0308" => (ErrorKind::Throttled, ""),
+        _ => return None,
+    })
+}
+
 /// The parts of an HTTP answer that decide what it means.
 #[derive(Clone, Debug, Default)]
 pub struct Answer {
@@ -45,11 +75,15 @@ pub fn classify_delete(dialect: Dialect, answer: &Answer) -> Result<Deletion, Cl
         }
         _ => {
             let body = ErrorBody::parse(&answer.body);
-            if dialect == Dialect::Huawei {
-                // "Image does not exist / is already being deleted": confirm with GET.
-                if matches!(body.code.as_deref(), Some("IMG.0027" | "IMG.0144")) {
-                    return Ok(Deletion::Accepted);
-                }
+            // "No such image" / "already being deleted": not trusted
+            // blindly, confirmed with GET like an accepted deletion.
+            if dialect == Dialect::Huawei
+                && body
+                    .code
+                    .as_deref()
+                    .is_some_and(|c| IMS_ALREADY_GONE.contains(&c))
+            {
+                return Ok(Deletion::Accepted);
             }
             Err(classify_error(answer, body))
         }
@@ -107,12 +141,9 @@ fn untrusted_not_found(answer: &Answer) -> CloudError {
 fn classify_error(answer: &Answer, body: ErrorBody) -> CloudError {
     let code = body.code.as_deref().unwrap_or("");
     let lower = body.message.to_ascii_lowercase();
-    let kind = match (answer.status, code) {
-        (_, "IMG.0028") => ErrorKind::Protected,
-        (_, "IMG.0092" | "IMG.0094") => ErrorKind::Forbidden,
-        (_, "IMG.0090") => ErrorKind::InUse,
-        (_, "APIGW.0301") => ErrorKind::AuthFailed,
-        (_, "APIG.0308") => ErrorKind::Throttled,
+    let by_code = ims_code_kind(code);
+    let kind = match (answer.status, by_code) {
+        (_, Some((kind, _))) => kind,
         (401, _) => ErrorKind::AuthFailed,
         (403, _) if lower.contains("protected") => ErrorKind::Protected,
         (403, _) => ErrorKind::Forbidden,
@@ -146,6 +177,10 @@ fn classify_error(answer: &Answer, body: ErrorBody) -> CloudError {
     };
     if !code.is_empty() {
         message.push_str(&format!(" ({code})"));
+    }
+    if let Some((_, advice)) = by_code.filter(|(_, a)| !a.is_empty()) {
+        message.push_str(": ");
+        message.push_str(advice);
     }
     let mut err = CloudError::new(kind, message);
     err.http_status = Some(answer.status);
@@ -573,44 +608,73 @@ mod tests {
         }
     }
 
+    /// Every IMS and gateway code of `docs/cloud-api-contract.md`, as the
+    /// answer to a DELETE in the IMS dialect.
     #[test]
     fn ims_codes_are_classified_by_what_to_do() {
+        use ErrorKind::*;
         let ims = |code: &str| format!(r#"{{"error": {{"message": "m", "code": "{code}"}}}}"#);
+        let gateway = |code: &str| format!(r#"{{"error_msg": "m", "error_code": "{code}"}}"#);
+        // (status, code, what the operator does, words it adds)
+        let table: [(u16, &str, Result<Deletion, ErrorKind>, &str); 17] = [
+            (400, "IMG.0027", Ok(Deletion::Accepted), ""),
+            (400, "IMG.0086", Ok(Deletion::Accepted), ""),
+            (400, "IMG.0144", Ok(Deletion::Accepted), ""),
+            (400, "IMG.0028", Err(Protected), ""),
+            (400, "IMG.0090", Err(InUse), ""),
+            (400, "IMG.0148", Err(InUse), ""),
+            (400, "IMG.0092", Err(Forbidden), ""),
+            (400, "IMG.0047", Err(Forbidden), ""),
+            (400, "IMG.0106", Err(Forbidden), ""),
+            (400, "IMG.0094", Err(Forbidden), ""),
+            (403, "IMG.0026", Err(Forbidden), ""),
+            (400, "IMG.0104", Err(CredentialsInvalid), "name the project"),
+            (
+                400,
+                "IMG.0176",
+                Err(Unavailable),
+                "could not be deleted; the operator retries",
+            ),
+            (401, "APIGW.0301", Err(AuthFailed), ""),
+            (429, "APIG.0308", Err(Throttled), ""),
+            (400, "IMG.0001", Err(BadRequest), ""),
+            (500, "IMG.0001", Err(Unavailable), ""),
+        ];
+        for (status, code, want, words) in table {
+            for body in [ims(code), gateway(code)] {
+                let got = classify_delete(Dialect::Huawei, &answer(status, &body));
+                match (&got, &want) {
+                    (Ok(d), Ok(w)) => assert_eq!(d, w, "{code}"),
+                    (Err(e), Err(k)) => {
+                        assert_eq!(e.kind, *k, "{code}");
+                        assert_eq!(e.http_status, Some(status));
+                        assert_eq!(e.request_id.as_deref(), Some("req-1"));
+                        assert!(
+                            e.message.starts_with(&format!("HTTP {status}: m ({code})")),
+                            "{}",
+                            e.message
+                        );
+                        assert!(e.message.contains(words), "{code}: {}", e.message);
+                    }
+                    _ => panic!("{code}: got {got:?}, want {want:?}"),
+                }
+            }
+        }
+        // The already-gone codes are confirmed by GET only in the IMS
+        // dialect; from a Glance-configured cloud they are an unknown 400.
         assert_eq!(
-            kind(Dialect::Huawei, 400, &ims("IMG.0028")),
-            ErrorKind::Protected
-        );
-        assert_eq!(
-            kind(Dialect::Huawei, 400, &ims("IMG.0092")),
-            ErrorKind::Forbidden
-        );
-        assert_eq!(
-            kind(Dialect::Huawei, 400, &ims("IMG.0094")),
-            ErrorKind::Forbidden
-        );
-        assert_eq!(
-            kind(Dialect::Huawei, 400, &ims("IMG.0090")),
-            ErrorKind::InUse
-        );
-        assert_eq!(
-            kind(Dialect::Huawei, 400, &ims("IMG.0001")),
+            kind(Dialect::OpenStack, 400, &ims("IMG.0086")),
             ErrorKind::BadRequest
         );
+        // A trusted 404 is still "already gone" at once (see the contract).
         assert_eq!(
-            kind(
-                Dialect::Huawei,
-                401,
-                r#"{"error_msg": "bad token", "error_code": "APIGW.0301"}"#
-            ),
-            ErrorKind::AuthFailed
+            classify_delete(Dialect::Huawei, &answer(404, &ims("IMG.0027"))),
+            Ok(Deletion::AlreadyGone)
         );
         assert_eq!(
-            classify_delete(Dialect::Huawei, &answer(400, &ims("IMG.0027"))),
-            Ok(Deletion::Accepted)
-        );
-        assert_eq!(
-            classify_delete(Dialect::Huawei, &answer(400, &ims("IMG.0144"))),
-            Ok(Deletion::Accepted)
+            ims_code_kind("IMG.9999"),
+            None,
+            "an unknown code falls back to the status"
         );
     }
 

@@ -1,8 +1,9 @@
 //! The one HTTP implementation of [`ImageService`]: GET and DELETE of
-//! `/v2/images/{id}` in either dialect, with a Keystone token that is renewed
-//! before expiry and once more on a 401. One authentication runs at a time
-//! per client, without a lock held across it, and a failed one is
-//! remembered for [`FAILED_AUTH_TTL`].
+//! `/v2/images/{id}` in either dialect, either with a Keystone token that is
+//! renewed before expiry and once more on a 401, or (Huawei AK/SK) with
+//! every request signed. One authentication runs at a time per client,
+//! without a lock held across it, and a failed one is remembered for
+//! [`FAILED_AUTH_TTL`].
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -13,10 +14,14 @@ use futures::future::{BoxFuture, Shared};
 use reqwest::Method;
 use tracing::{Instrument, debug, info, info_span};
 
-use super::answer::{Answer, MAX_IMAGE_BODY_BYTES, classify_delete, classify_get, read_answer};
-use super::clouds_yaml::CloudConfig;
+use super::aksk;
+use super::answer::{
+    Answer, ErrorBody, MAX_IMAGE_BODY_BYTES, classify_delete, classify_failure, classify_get,
+    read_answer,
+};
+use super::clouds_yaml::{AkSk, Auth, CloudConfig};
 use super::egress::{EgressPolicy, PolicyResolver};
-use super::error::{Peer, redact, transport_error};
+use super::error::{MAX_ERROR_MESSAGE_CHARS, Peer, redact, transport_error, truncate_chars};
 use super::keystone::{self, Session};
 use super::{CloudError, Deletion, Dialect, ErrorKind, ImageService, Lookup};
 
@@ -45,13 +50,59 @@ fn lock(m: &Mutex<AuthState>) -> MutexGuard<'_, AuthState> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// An image service reached over HTTP with Keystone tokens.
+/// AK/SK credentials: no Keystone, a fixed image endpoint, and the identity
+/// learnt once the cloud accepted a signature.
+struct Signing {
+    keys: AkSk,
+    image_url: url::Url,
+    identity: Mutex<Option<String>>,
+}
+
+impl Signing {
+    /// Who the keys speak for: the image endpoint and the project (or, with
+    /// no project id, the access key's default project in the region).
+    fn identity_name(&self) -> String {
+        let who = match &self.keys.project_id {
+            Some(p) => crate::cloud::error::truncate(p.clone(), 64),
+            None => format!(
+                "ak:{}",
+                crate::cloud::error::truncate(self.keys.access_key.clone(), 64)
+            ),
+        };
+        keystone::identity(self.image_url.as_str(), &who)
+    }
+
+    /// Remembers the identity when the answer shows the signature was
+    /// accepted: a success, or an error IMS itself wrote (an `IMG.` code;
+    /// the gateway in front of it checks the signature first).
+    fn learn(&self, answer: &Answer) {
+        let accepted = (200..300).contains(&answer.status)
+            || ErrorBody::parse(&answer.body)
+                .code
+                .is_some_and(|c| c.starts_with("IMG."));
+        if accepted {
+            *self.identity.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.identity_name());
+        }
+    }
+}
+
+/// How one request proves who sends it.
+#[derive(Clone, Copy)]
+enum Credential<'a> {
+    Token(&'a Session),
+    Signature(&'a Signing),
+}
+
+/// An image service reached over HTTP with Keystone tokens, or with
+/// requests signed by an AK/SK pair.
 pub struct HttpImageService {
     cfg: Arc<CloudConfig>,
     http: reqwest::Client,
     egress: Arc<EgressPolicy>,
     auth: Arc<Mutex<AuthState>>,
     failed_auth_ttl: Duration,
+    /// Set for `auth_type: aksk`: then no token is ever asked for.
+    signing: Option<Signing>,
 }
 
 impl std::fmt::Debug for HttpImageService {
@@ -124,12 +175,29 @@ impl HttpImageService {
                 "cannot build an HTTP client from these settings",
             )
         })?;
+        let signing = match &cfg.auth {
+            Auth::AkSk(keys) => {
+                let endpoint = cfg.fixed_image_endpoint().ok_or_else(|| {
+                    CloudError::new(
+                        ErrorKind::CredentialsInvalid,
+                        "AK/SK credentials need region_name or image_endpoint_override",
+                    )
+                })?;
+                Some(Signing {
+                    keys: keys.clone(),
+                    image_url: keystone::image_api_base(endpoint)?,
+                    identity: Mutex::new(None),
+                })
+            }
+            Auth::Password(_) | Auth::ApplicationCredential(_) => None,
+        };
         Ok(HttpImageService {
             cfg: Arc::new(cfg),
             http,
             egress,
             auth: Arc::new(Mutex::new(AuthState::default())),
             failed_auth_ttl: FAILED_AUTH_TTL,
+            signing,
         })
     }
 
@@ -175,7 +243,7 @@ impl HttpImageService {
         let task = tokio::spawn(async move {
             let result = keystone::authenticate(&http, &cfg, &egress)
                 .await
-                .map_err(|e| e.redact(&[&cfg.password]));
+                .map_err(|e| e.redact(&cfg.secrets()));
             if let Some(state) = state.upgrade() {
                 let mut st = lock(&state);
                 st.inflight = None;
@@ -205,42 +273,83 @@ impl HttpImageService {
         .shared()
     }
 
-    /// Sends one request to `/v2/images/{id}`; on 401 renews the token once and retries.
+    /// Sends one request to `/v2/images/{id}`. With a token, a 401 renews
+    /// it once and the request is sent again; a signed request is sent once
+    /// (a new signature would not change the gateway's mind).
     async fn call(
         &self,
         method: Method,
         image_id: &str,
         body: Option<String>,
     ) -> Result<Answer, CloudError> {
+        if let Some(signing) = &self.signing {
+            let url = image_url(&signing.image_url, image_id)?;
+            let answer = self
+                .send(Credential::Signature(signing), method, url, body)
+                .await?;
+            signing.learn(&answer);
+            return Ok(answer);
+        }
         let session = self.session(None).await?;
+        let url = image_url(&session.image_url, image_id)?;
         let answer = self
-            .send(&session, method.clone(), image_id, body.clone())
+            .send(
+                Credential::Token(&session),
+                method.clone(),
+                url,
+                body.clone(),
+            )
             .await?;
         if answer.status != 401 {
             return Ok(answer);
         }
         let session = self.session(Some(&session.token)).await?;
-        self.send(&session, method, image_id, body).await
+        let url = image_url(&session.image_url, image_id)?;
+        self.send(Credential::Token(&session), method, url, body)
+            .await
     }
 
     async fn send(
         &self,
-        session: &Session,
+        credential: Credential<'_>,
         method: Method,
-        image_id: &str,
+        url: url::Url,
         body: Option<String>,
     ) -> Result<Answer, CloudError> {
-        let url = image_url(&session.image_url, image_id)?;
         self.egress.check_url(Peer::ImageService, &url)?;
         let span = info_span!("http", method = %method, path = %url.path(), status = tracing::field::Empty, request_id = tracing::field::Empty);
         async move {
+            let content_type = body.as_ref().map(|_| "application/json");
             let mut req = self
                 .http
-                .request(method, url)
-                .header("Accept", "application/json")
-                .header("X-Auth-Token", &session.token);
-            if let Some(b) = body {
-                req = req.header("Content-Type", "application/json").body(b);
+                .request(method.clone(), url.clone())
+                .header("Accept", "application/json");
+            // What the answer must not echo into a message.
+            let mut secrets: Vec<String> =
+                self.cfg.secrets().into_iter().map(str::to_owned).collect();
+            match credential {
+                Credential::Token(session) => {
+                    req = req.header("X-Auth-Token", &session.token);
+                    secrets.push(session.token.clone());
+                }
+                Credential::Signature(signing) => {
+                    let signed = aksk::sign(
+                        &signing.keys,
+                        method.as_str(),
+                        &url,
+                        content_type,
+                        body.as_deref().unwrap_or("").as_bytes(),
+                        Utc::now(),
+                    );
+                    debug!(signed_headers = %signed.signed_headers, "signed the request (AK/SK)");
+                    for (name, value) in &signed.headers {
+                        req = req.header(*name, value);
+                    }
+                    secrets.push(signed.signature.clone());
+                }
+            }
+            if let (Some(b), Some(ct)) = (body, content_type) {
+                req = req.header("Content-Type", ct).body(b);
             }
             let resp = req
                 .send()
@@ -248,8 +357,9 @@ impl HttpImageService {
                 .map_err(|e| transport_error(Peer::ImageService, &e))?;
             let (mut answer, _) =
                 read_answer(resp, MAX_IMAGE_BODY_BYTES, Peer::ImageService).await?;
-            // A cloud that echoes the token or the password must not get it into a message.
-            let secrets = [self.cfg.password.as_str(), session.token.as_str()];
+            // A cloud that echoes a secret, the token or the signature must
+            // not get it into a message.
+            let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
             answer.body = redact(&answer.body, &secrets);
             answer.request_id = answer.request_id.map(|r| redact(&r, &secrets));
             let span = tracing::Span::current();
@@ -268,15 +378,61 @@ impl HttpImageService {
         .await
     }
 
+    /// AK/SK: a signed `GET {endpoint}/images?limit=1`, which the gateway
+    /// only answers for a valid signature, to learn the identity.
+    async fn identify_signed(&self, signing: &Signing) -> Result<Option<String>, CloudError> {
+        if let Some(known) = signing
+            .identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(Some(known));
+        }
+        let mut url = signing.image_url.clone();
+        url.path_segments_mut()
+            .map_err(|_| {
+                CloudError::new(
+                    ErrorKind::CredentialsInvalid,
+                    "the image endpoint is not a valid URL",
+                )
+            })?
+            .pop_if_empty()
+            .push("images");
+        url.set_query(Some("limit=1"));
+        let answer = self
+            .send(Credential::Signature(signing), Method::GET, url, None)
+            .await?;
+        if (200..300).contains(&answer.status) {
+            signing.learn(&answer);
+            return Ok(Some(signing.identity_name()));
+        }
+        Err(classify_failure(&answer))
+    }
+
+    /// Words for a refused signature: what to check.
+    fn explain(&self, mut err: CloudError) -> CloudError {
+        if self.signing.is_some() && err.kind == ErrorKind::AuthFailed {
+            err.message = truncate_chars(
+                &format!(
+                    "{}; the AK/SK signature was refused: check access_key and secret_key (a temporary key's security_token expires) and the operator's clock",
+                    err.message
+                ),
+                MAX_ERROR_MESSAGE_CHARS,
+            );
+        }
+        err
+    }
+
     /// The last line of defence: no message leaves this client with the
     /// password or the current token in it.
     fn scrub(&self, err: CloudError) -> CloudError {
         let token = lock(&self.auth).current.as_ref().map(|s| s.token.clone());
-        let mut secrets = vec![self.cfg.password.as_str()];
+        let mut secrets = self.cfg.secrets();
         if let Some(t) = &token {
             secrets.push(t);
         }
-        err.redact(&secrets)
+        self.explain(err).redact(&secrets)
     }
 }
 
@@ -321,11 +477,25 @@ impl ImageService for HttpImageService {
     }
 
     fn identity(&self) -> Option<String> {
+        if let Some(signing) = &self.signing {
+            return signing
+                .identity
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+        }
         lock(&self.auth).current.as_ref()?.identity.clone()
     }
 
     fn identify(&self) -> BoxFuture<'_, Result<Option<String>, CloudError>> {
-        async move { Ok(self.session(None).await?.identity) }.boxed()
+        async move {
+            match &self.signing {
+                Some(signing) => self.identify_signed(signing).await,
+                None => Ok(self.session(None).await?.identity),
+            }
+        }
+        .map(|r| r.map_err(|e| self.scrub(e)))
+        .boxed()
     }
 
     fn get_image<'a>(&'a self, image_id: &'a str) -> BoxFuture<'a, Result<Lookup, CloudError>> {
@@ -411,6 +581,9 @@ mod tests {
         );
     }
 
+    /// Method, path and query, headers and body of an image request.
+    type Seen = (String, String, HeaderMap, Vec<u8>);
+
     /// A Keystone and an image service in one local server, scripted by the test.
     struct Fake {
         base: OnceLock<String>,
@@ -421,6 +594,9 @@ mod tests {
         reject_first_token: AtomicBool,
         /// Status and body of every image answer; `{token}` and `{id}` are replaced.
         image: Mutex<(u16, String)>,
+        image_calls: AtomicUsize,
+        /// Method, path and query, headers and body of the last image request.
+        last_image: Mutex<Option<Seen>>,
     }
 
     impl Fake {
@@ -432,9 +608,12 @@ mod tests {
                 keystone_delay,
                 reject_first_token: AtomicBool::new(false),
                 image: Mutex::new((200, r#"{"id": "{id}", "status": "active"}"#.into())),
+                image_calls: AtomicUsize::new(0),
+                last_image: Mutex::new(None),
             });
             let app = axum::Router::new()
                 .route("/v3/auth/tokens", post(keystone))
+                .route("/v2/images", get(list))
                 .route("/v2/images/{id}", get(image).delete(image))
                 .with_state(fake.clone());
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -499,11 +678,32 @@ mod tests {
         (StatusCode::CREATED, headers, body.to_string())
     }
 
+    async fn list(State(f): State<Arc<Fake>>) -> (StatusCode, String) {
+        f.image_calls.fetch_add(1, Ordering::SeqCst);
+        let (status, _) = f.image.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            r#"{"images": []}"#.into(),
+        )
+    }
+
     async fn image(
         State(f): State<Arc<Fake>>,
         Path(id): Path<String>,
+        method: Method,
+        uri: axum::http::Uri,
         headers: HeaderMap,
+        body: axum::body::Bytes,
     ) -> (StatusCode, String) {
+        f.image_calls.fetch_add(1, Ordering::SeqCst);
+        *f.last_image.lock().unwrap_or_else(|p| p.into_inner()) = Some((
+            method.to_string(),
+            uri.path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            headers.clone(),
+            body.to_vec(),
+        ));
         let token = headers
             .get("x-auth-token")
             .and_then(|v| v.to_str().ok())
@@ -699,6 +899,245 @@ mod tests {
         );
         assert!(
             HttpImageService::with_policy(config_for("https://k:5000/v3", None), strict).is_ok()
+        );
+    }
+    fn aksk_config(endpoint: &str, secret_key: &str) -> CloudConfig {
+        let y = format!(
+            "clouds:\n  c:\n    auth_type: aksk\n    image_endpoint_override: '{endpoint}'\n    auth:\n      access_key: AKTEST\n      secret_key: {secret_key}\n      project_id: proj-1\n      security_token: tmp-token-s3cret\n"
+        );
+        clouds_yaml::parse(&y, "c", None).expect("valid")
+    }
+
+    #[tokio::test]
+    async fn aksk_requests_are_signed_and_ask_keystone_nothing() {
+        let fake = Fake::start(Duration::ZERO).await;
+        let client =
+            HttpImageService::new(aksk_config(fake.base(), "sk-s3cret-value")).expect("client");
+        assert_eq!(client.dialect(), Dialect::Huawei);
+        assert_eq!(
+            client.identity(),
+            None,
+            "no identity before an accepted request"
+        );
+        fake.set_image(204, "");
+        assert_eq!(client.delete_image(ID, true).await, Ok(Deletion::Accepted));
+        assert_eq!(fake.calls(), 0, "no Keystone request");
+        let (method, path, headers, body) = fake
+            .last_image
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .expect("a request");
+        assert_eq!(
+            (method.as_str(), path.as_str()),
+            ("DELETE", &*format!("/v2/images/{ID}"))
+        );
+        assert_eq!(body, br#"{"delete_backup":true}"#);
+        let h = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        assert_eq!(h("x-auth-token"), "");
+        assert_eq!(h("x-project-id"), "proj-1");
+        assert_eq!(h("x-security-token"), "tmp-token-s3cret");
+        assert_eq!(h("content-type"), "application/json");
+        let authorization = h("authorization");
+        let prefix = "SDK-HMAC-SHA256 Access=AKTEST, SignedHeaders=content-type;host;x-project-id;x-sdk-date;x-security-token, Signature=";
+        assert!(authorization.starts_with(prefix), "{authorization}");
+        // The signature covers exactly the headers and body that arrived.
+        let url = url::Url::parse(&format!("{}{path}", fake.base())).expect("url");
+        let (request, _) = aksk::canonical_request(
+            "DELETE",
+            &url,
+            &[
+                ("content-type", &h("content-type")),
+                ("host", &h("host")),
+                ("x-project-id", &h("x-project-id")),
+                ("x-sdk-date", &h("x-sdk-date")),
+                ("x-security-token", &h("x-security-token")),
+            ],
+            &body,
+        );
+        let want = aksk::signature(
+            "sk-s3cret-value",
+            &aksk::string_to_sign(&h("x-sdk-date"), &request),
+        );
+        assert_eq!(&authorization[prefix.len()..], want);
+        assert!(
+            client.identity().is_some(),
+            "the accepted signature gives the identity"
+        );
+        // A GET is signed without a content type.
+        fake.set_image(200, r#"{"id": "{id}", "status": "active"}"#);
+        assert!(matches!(client.get_image(ID).await, Ok(Lookup::Found(_))));
+        let (_, _, headers, _) = fake
+            .last_image
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .expect("a request");
+        let authorization = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        assert!(
+            authorization.contains("SignedHeaders=host;x-project-id;x-sdk-date;x-security-token,"),
+            "{authorization}"
+        );
+        assert_eq!(fake.calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_signature_is_auth_failed_at_once_and_scrubbed() {
+        let fake = Fake::start(Duration::ZERO).await;
+        let client =
+            HttpImageService::new(aksk_config(fake.base(), "sk-s3cret-value")).expect("client");
+        // A gateway that echoes the request headers back.
+        fake.set_image(
+            401,
+            r#"{"error_msg": "bad signature for sk-s3cret-value tmp-token-s3cret", "error_code": "APIGW.0301"}"#,
+        );
+        let err = client.delete_image(ID, false).await.expect_err("refused");
+        assert_eq!(err.kind, ErrorKind::AuthFailed);
+        assert_eq!(
+            err.message,
+            "HTTP 401: bad signature for <redacted> <redacted> (APIGW.0301); the AK/SK signature was refused: check access_key and secret_key (a temporary key's security_token expires) and the operator's clock"
+        );
+        assert_eq!(
+            fake.image_calls.load(Ordering::SeqCst),
+            1,
+            "sent once, not retried"
+        );
+        assert_eq!(client.identity(), None);
+        let err = client.identify().await.expect_err("refused");
+        assert_eq!(err.kind, ErrorKind::AuthFailed);
+        fake.set_image(200, "");
+        assert!(client.identify().await.expect("accepted").is_some());
+        assert_eq!(fake.calls(), 0);
+    }
+
+    fn appcred_config(auth_url: &str) -> CloudConfig {
+        let y = format!(
+            "clouds:\n  c:\n    auth_type: v3applicationcredential\n    auth:\n      auth_url: '{auth_url}'\n      application_credential_id: ac-1\n      application_credential_secret: {PASSWORD}\n"
+        );
+        clouds_yaml::parse(&y, "c", None).expect("valid")
+    }
+
+    #[tokio::test]
+    async fn a_revoked_application_credential_is_auth_failed_within_one_retry() {
+        let fake = Fake::start(Duration::ZERO).await;
+        let client =
+            HttpImageService::new(appcred_config(&format!("{}/v3", fake.base()))).expect("client");
+        assert!(matches!(client.get_image(ID).await, Ok(Lookup::Found(_))));
+        assert_eq!(fake.calls(), 1);
+        // Revoked: the cloud refuses the token, Keystone the credential.
+        fake.set_image(
+            401,
+            r#"{"error": {"code": 401, "title": "Unauthorized", "message": "The request you have made requires authentication."}}"#,
+        );
+        fake.keystone_status.store(401, Ordering::SeqCst);
+        let err = client.delete_image(ID, false).await.expect_err("revoked");
+        assert_eq!(err.kind, ErrorKind::AuthFailed);
+        assert!(
+            err.message
+                .starts_with("Keystone refused the credentials: HTTP 401"),
+            "{}",
+            err.message
+        );
+        assert_eq!(fake.calls(), 2, "one renewal, refused");
+        assert_eq!(
+            fake.image_calls.load(Ordering::SeqCst),
+            2,
+            "the GET, then one DELETE: no DELETE without a token"
+        );
+    }
+
+    /// A TLS server on loopback for `localhost`, with a certificate from a
+    /// CA made here; answers every request with a Keystone-shaped 401.
+    async fn tls_server() -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_rustls::rustls;
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "unit test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("cert");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(sock).await else {
+                        return;
+                    };
+                    let mut buf = [0u8; 8192];
+                    let _ = tls.read(&mut buf).await;
+                    let body = r#"{"error": {"code": 401, "title": "Unauthorized", "message": "over TLS"}}"#;
+                    let _ = tls
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        (port, ca_cert.pem())
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_certificate_names_the_host_and_cacert_fixes_it() {
+        let (port, ca_pem) = tls_server().await;
+        let auth_url = format!("https://localhost:{port}/v3");
+        let client = HttpImageService::new(config_for(&auth_url, None)).expect("client");
+        let err = client.get_image(ID).await.expect_err("untrusted");
+        assert_eq!(err.kind, ErrorKind::Unavailable);
+        assert_eq!(
+            err.message,
+            "could not connect to Keystone at localhost (TLS certificate not trusted: issued by a CA the operator does not know; put that CA's PEM certificate in the Secret's `cacert` key)"
+        );
+        assert!(
+            !err.message.contains(&port.to_string()),
+            "no port: {}",
+            err.message
+        );
+        let mut cfg = config_for(&auth_url, None);
+        cfg.cacert = Some(ca_pem);
+        let client = HttpImageService::new(cfg).expect("client");
+        let err = client.get_image(ID).await.expect_err("401 over TLS");
+        assert_eq!(err.kind, ErrorKind::AuthFailed, "{}", err.message);
+        assert_eq!(
+            err.message,
+            "Keystone refused the credentials: HTTP 401: over TLS"
         );
     }
 }

@@ -206,7 +206,10 @@ pub fn egress_refused(peer: Peer) -> CloudError {
 
 /// Describes a failed exchange in fixed words: never an address, a port, a
 /// URL, a header, nor text from the peer or the TLS library (which can
-/// quote host names). A connection the egress policy refused is
+/// quote host names). The one exception is a certificate the operator does
+/// not trust: that message names the host as configured (from the URL, not
+/// a resolved address, no port), since the fix is about that host's
+/// certificate. A connection the egress policy refused is
 /// `CredentialsInvalid`; anything else `Unavailable`.
 pub fn transport_error(peer: Peer, err: &reqwest::Error) -> CloudError {
     let mut refused_by_policy = false;
@@ -238,7 +241,10 @@ pub fn transport_error(peer: Peer, err: &reqwest::Error) -> CloudError {
                 "host name not resolved"
             }
             _ if text.contains("certificate") => {
-                "TLS certificate not trusted: set cacert, or check the host name"
+                return CloudError::new(
+                    ErrorKind::Unavailable,
+                    untrusted_certificate(peer, err, &text),
+                );
             }
             _ if text.contains("tls") || text.contains("handshake") || text.contains("rustls") => {
                 "TLS handshake failed"
@@ -253,6 +259,32 @@ pub fn transport_error(peer: Peer, err: &reqwest::Error) -> CloudError {
         format!("the request to {who} failed")
     };
     CloudError::new(ErrorKind::Unavailable, message)
+}
+
+/// "could not connect to Keystone at keystone.example (TLS certificate not
+/// trusted: ...)": the host from the request's URL, cut to 253 characters,
+/// and why, in fixed words.
+fn untrusted_certificate(peer: Peer, err: &reqwest::Error, text: &str) -> String {
+    let why = if text.contains("unknownissuer") || text.contains("unknown issuer") {
+        "issued by a CA the operator does not know; put that CA's PEM certificate in the Secret's `cacert` key"
+    } else if text.contains("notvalidforname") || text.contains("not valid for name") {
+        "it is not valid for this host name"
+    } else if text.contains("expired") {
+        "it has expired"
+    } else if text.contains("notvalidyet") || text.contains("not valid yet") {
+        "it is not valid yet"
+    } else {
+        "set cacert, or check the host name"
+    };
+    let at = err
+        .url()
+        .and_then(|u| u.host_str())
+        .map(|h| format!(" at {}", truncate_chars(h, 253)))
+        .unwrap_or_default();
+    format!(
+        "could not connect to {}{at} (TLS certificate not trusted: {why})",
+        peer.name()
+    )
 }
 
 #[cfg(test)]

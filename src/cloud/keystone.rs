@@ -1,6 +1,8 @@
-//! Keystone v3 password authentication: one token per set of credentials,
-//! cached until shortly before it expires, and the image endpoint taken from
-//! the token's catalog (or from `image_endpoint_override`).
+//! Keystone v3 authentication (password or application credential; Huawei
+//! IAM speaks the same API): one token per set of credentials, cached until
+//! shortly before it expires, and the image endpoint taken from the token's
+//! catalog (or from `image_endpoint_override`, or for Huawei Cloud built
+//! from the region).
 
 use std::fmt;
 use std::time::Duration;
@@ -10,7 +12,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::answer::{MAX_KEYSTONE_BODY_BYTES, classify_failure, read_answer};
-use super::clouds_yaml::{CloudConfig, NameOrId, url_problem};
+use super::clouds_yaml::{
+    AppCredRef, ApplicationCredential, Auth, CloudConfig, NameOrId, PasswordAuth, url_problem,
+};
 use super::egress::EgressPolicy;
 use super::error::{MAX_ERROR_MESSAGE_CHARS, Peer, redact, transport_error, truncate_chars};
 use super::{CloudError, ErrorKind};
@@ -97,24 +101,52 @@ fn name_or_id(v: &NameOrId) -> Value {
     }
 }
 
-/// The JSON body of a password, project-scoped token request.
-pub fn password_request(cfg: &CloudConfig) -> Value {
-    let mut user = name_or_id(&cfg.user);
-    if let (Some(d), Some(obj)) = (&cfg.user_domain, user.as_object_mut()) {
+fn with_domain(v: &NameOrId, domain: Option<&NameOrId>) -> Value {
+    let mut out = name_or_id(v);
+    if let (Some(d), Some(obj)) = (domain, out.as_object_mut()) {
         obj.insert("domain".into(), name_or_id(d));
     }
+    out
+}
+
+/// The JSON body of a password token request, project-scoped when the
+/// entry names a project (a project named without a domain, as Huawei IAM
+/// allows, is sent without one).
+pub fn password_request(p: &PasswordAuth) -> Value {
+    let mut user = with_domain(&p.user, p.user_domain.as_ref());
     if let Some(obj) = user.as_object_mut() {
-        obj.insert("password".into(), Value::String(cfg.password.clone()));
+        obj.insert("password".into(), Value::String(p.password.clone()));
     }
     let mut auth = json!({"identity": {"methods": ["password"], "password": {"user": user}}});
-    if let Some(p) = &cfg.project {
-        let mut project = name_or_id(p);
-        if let (Some(d), Some(obj)) = (&cfg.project_domain, project.as_object_mut()) {
-            obj.insert("domain".into(), name_or_id(d));
-        }
-        auth["scope"] = json!({"project": project});
+    if let Some(project) = &p.project {
+        auth["scope"] = json!({"project": with_domain(project, p.project_domain.as_ref())});
     }
     json!({"auth": auth})
+}
+
+/// The JSON body of an application credential token request: by id, or by
+/// name with its user. No scope: the credential is bound to its project.
+pub fn application_credential_request(a: &ApplicationCredential) -> Value {
+    let mut cred = match &a.credential {
+        AppCredRef::Id(id) => json!({"id": id}),
+        AppCredRef::Name {
+            name,
+            user,
+            user_domain,
+        } => json!({"name": name, "user": with_domain(user, user_domain.as_ref())}),
+    };
+    cred["secret"] = Value::String(a.secret.clone());
+    json!({"auth": {"identity": {"methods": ["application_credential"], "application_credential": cred}}})
+}
+
+/// The token request body for `auth`, with the Keystone URL; `None` for
+/// AK/SK, which asks Keystone for nothing.
+fn token_request(auth: &Auth) -> Option<(&str, Value)> {
+    match auth {
+        Auth::Password(p) => Some((&p.auth_url, password_request(p))),
+        Auth::ApplicationCredential(a) => Some((&a.auth_url, application_credential_request(a))),
+        Auth::AkSk(_) => None,
+    }
 }
 
 #[derive(Deserialize)]
@@ -166,13 +198,14 @@ fn last_segment_is(url: &url::Url, name: &str) -> (bool, usize) {
 /// At most this many characters of a region name from the catalog in a message.
 const MAX_REGION_CHARS: usize = 64;
 
-/// Picks the image endpoint: the override if given, else the one distinct
+/// Picks the image endpoint: the override or the region-built Huawei
+/// endpoint if there is one (see [`CloudConfig::fixed_image_endpoint`]), else the one distinct
 /// URL of the catalog's `image` endpoints with the wanted interface (and
 /// region, when set). Several distinct URLs are `CredentialsInvalid`: the
 /// operator does not guess which region's image to delete.
 fn image_endpoint(cfg: &CloudConfig, catalog: &[CatalogEntry]) -> Result<url::Url, CloudError> {
-    if let Some(o) = &cfg.image_endpoint_override {
-        return image_api_base(o);
+    if let Some(fixed) = cfg.fixed_image_endpoint() {
+        return image_api_base(fixed);
     }
     let matching: Vec<&Endpoint> = catalog
         .iter()
@@ -267,28 +300,34 @@ pub fn image_api_base(raw: &str) -> Result<url::Url, CloudError> {
     Ok(url)
 }
 
-/// Asks Keystone for a token with the configured password. The request
-/// goes only where `egress` permits, times out after [`AUTH_TIMEOUT`], and
-/// reads at most [`MAX_KEYSTONE_BODY_BYTES`] of the answer. The image
-/// endpoint found is checked against `egress` too.
+/// Asks Keystone for a token with the configured password or application
+/// credential. The request goes only where `egress` permits, times out
+/// after [`AUTH_TIMEOUT`], and reads at most [`MAX_KEYSTONE_BODY_BYTES`] of
+/// the answer. The image endpoint found is checked against `egress` too.
 pub async fn authenticate(
     http: &reqwest::Client,
     cfg: &CloudConfig,
     egress: &EgressPolicy,
 ) -> Result<Session, CloudError> {
-    let url = tokens_url(&cfg.auth_url)?;
+    let Some((auth_url, body)) = token_request(&cfg.auth) else {
+        return Err(CloudError::new(
+            ErrorKind::CredentialsInvalid,
+            "these credentials sign requests and ask Keystone for no token",
+        ));
+    };
+    let url = tokens_url(auth_url)?;
     egress.check_url(Peer::Keystone, &url)?;
     let resp = http
         .post(url)
         .timeout(AUTH_TIMEOUT)
         .header("Accept", "application/json")
-        .json(&password_request(cfg))
+        .json(&body)
         .send()
         .await
         .map_err(|e| transport_error(Peer::Keystone, &e))?;
     let (mut answer, headers) = read_answer(resp, MAX_KEYSTONE_BODY_BYTES, Peer::Keystone).await?;
-    // A Keystone that echoes the request must not get the password into a message.
-    answer.body = redact(&answer.body, &[&cfg.password]);
+    // A Keystone that echoes the request must not get a secret into a message.
+    answer.body = redact(&answer.body, &cfg.secrets());
     let status = answer.status;
     if status != 201 && status != 200 {
         let mut err = classify_failure(&answer);
@@ -338,7 +377,7 @@ pub async fn authenticate(
         identity: parsed
             .token
             .project
-            .map(|p| identity(&cfg.auth_url, &crate::cloud::error::truncate(p.id, 64))),
+            .map(|p| identity(auth_url, &crate::cloud::error::truncate(p.id, 64))),
     })
 }
 
@@ -354,11 +393,81 @@ mod tests {
 
     #[test]
     fn request_body_is_password_and_project_scoped() {
-        let body = password_request(&cfg());
+        let Auth::Password(p) = &cfg().auth else {
+            panic!("a password entry")
+        };
+        let body = password_request(p);
         assert_eq!(
             body,
             json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {"name": "demo", "domain": {"name": "Default"}, "password": "pw"}}},
                              "scope": {"project": {"name": "demo", "domain": {"name": "Default"}}}}})
+        );
+    }
+
+    fn parse(body: &str) -> CloudConfig {
+        let indented: String = body.lines().map(|l| format!("    {l}\n")).collect();
+        clouds_yaml::parse(&format!("clouds:\n  c:\n{indented}"), "c", None).expect("valid")
+    }
+
+    fn body_of(cfg: &CloudConfig) -> Value {
+        token_request(&cfg.auth).expect("a token request").1
+    }
+
+    #[test]
+    fn ids_and_huawei_projects_without_a_domain() {
+        let by_ids = parse(
+            "auth:\n  auth_url: http://k/v3\n  user_id: u1\n  password: pw\n  project_id: p1",
+        );
+        assert_eq!(
+            body_of(&by_ids),
+            json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {"id": "u1", "password": "pw"}}},
+                             "scope": {"project": {"id": "p1"}}}})
+        );
+        let iam = parse(
+            "profile: huaweicloud\nregion_name: ap-southeast-1\nauth:\n  username: janitor\n  password: pw\n  user_domain_name: my-account",
+        );
+        assert_eq!(
+            token_request(&iam.auth).map(|(u, _)| u.to_owned()),
+            Some("https://iam.ap-southeast-1.myhuaweicloud.com/v3".to_owned())
+        );
+        assert_eq!(
+            body_of(&iam),
+            json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {"name": "janitor", "domain": {"name": "my-account"}, "password": "pw"}}},
+                             "scope": {"project": {"name": "ap-southeast-1"}}}})
+        );
+    }
+
+    #[test]
+    fn application_credentials_carry_no_scope() {
+        let by_id = parse(
+            "auth_type: v3applicationcredential\nauth:\n  auth_url: http://k/v3\n  application_credential_id: ac1\n  application_credential_secret: s3\n  project_name: ignored\n  project_domain_name: Default",
+        );
+        assert_eq!(
+            body_of(&by_id),
+            json!({"auth": {"identity": {"methods": ["application_credential"],
+                "application_credential": {"id": "ac1", "secret": "s3"}}}})
+        );
+        let by_name = parse(
+            "auth_type: v3applicationcredential\nauth:\n  auth_url: http://k/v3\n  application_credential_name: janitor\n  application_credential_secret: s3\n  username: demo\n  user_domain_name: Default",
+        );
+        assert_eq!(
+            body_of(&by_name),
+            json!({"auth": {"identity": {"methods": ["application_credential"],
+                "application_credential": {"name": "janitor", "secret": "s3", "user": {"name": "demo", "domain": {"name": "Default"}}}}}})
+        );
+        let by_user_id = parse(
+            "auth_type: v3applicationcredential\nauth:\n  auth_url: http://k/v3\n  application_credential_name: janitor\n  application_credential_secret: s3\n  user_id: u1",
+        );
+        assert_eq!(
+            body_of(&by_user_id),
+            json!({"auth": {"identity": {"methods": ["application_credential"],
+                "application_credential": {"name": "janitor", "secret": "s3", "user": {"id": "u1"}}}}})
+        );
+        let aksk =
+            parse("auth_type: aksk\nregion_name: r1\nauth:\n  access_key: a\n  secret_key: s");
+        assert!(
+            token_request(&aksk.auth).is_none(),
+            "AK/SK asks Keystone nothing"
         );
     }
 

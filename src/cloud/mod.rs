@@ -1,12 +1,14 @@
-//! Talking to the image service of a cloud: credentials, authentication, the
-//! two dialects of `DELETE /v2/images/{id}`, what each answer means, and
-//! where the operator may connect (egress policy).
+//! Talking to the image service of a cloud: credentials, authentication
+//! (Keystone tokens, or Huawei AK/SK request signing), the two dialects of
+//! `DELETE /v2/images/{id}`, what each answer means, and where the operator
+//! may connect (egress policy).
 //!
 //! Everything a namespace user controls (clouds.yaml, and through a fake
 //! Keystone every answer) is bounded here: answers are read up to a limit,
 //! text from the cloud is shown only from known error shapes and cut to the
 //! `MAX_*_CHARS` limits, and secrets are scrubbed from every message.
 
+pub mod aksk;
 pub mod answer;
 pub mod client;
 pub mod clouds_yaml;

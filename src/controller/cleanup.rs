@@ -28,10 +28,13 @@ pub async fn cleanup(
     let facts = gather(obj, ctx, &key).await?;
     let outcome = match plan::plan(&facts) {
         Plan::Done(outcome) => outcome,
+        // Leadership can be lost while a reconcile runs: check before acting.
+        Plan::Call(_) if !ctx.leader.is_leader() => return Ok(Action::await_change()),
         Plan::Call(call) => match ctx.cloud_for(obj).await {
             Err(failure) => plan::no_cloud(failure.into_problem()?),
             Ok(cloud) => {
                 let id = &obj.spec.image_id;
+                let started = std::time::Instant::now();
                 let answer = match call {
                     Call::DryRunLookup | Call::ConfirmGone => {
                         Answer::Lookup(cloud.get_image(id).await.map_err(Into::into))
@@ -52,13 +55,40 @@ pub async fn cleanup(
                     }
                 };
                 ctx.remember_identity(obj, cloud.as_ref());
+                let (operation, outcome) = match &answer {
+                    Answer::Lookup(r) => ("get", lookup_outcome(r)),
+                    Answer::Deletion(Ok(d)) => ("delete", deletion_outcome(d)),
+                    Answer::Deletion(Err(p)) => ("delete", p.reason.as_str()),
+                };
+                ctx.metrics
+                    .cloud_call(operation, outcome, started.elapsed());
                 plan::after_call(&facts, answer)
             }
         },
     };
+    if !ctx.leader.is_leader() {
+        return Ok(Action::await_change());
+    }
     match outcome {
         Outcome::Release(release) => released(api, obj, ctx, &key, release).await,
         Outcome::Hold(step) => held(api, obj, ctx, &key, step).await,
+    }
+}
+
+/// A bounded label for the answer to a GET.
+pub fn lookup_outcome(r: &Result<crate::cloud::Lookup, super::problem::Problem>) -> &'static str {
+    match r {
+        Ok(crate::cloud::Lookup::Found(_)) => "Found",
+        Ok(crate::cloud::Lookup::NotFound) => "NotFound",
+        Err(p) => p.reason.as_str(),
+    }
+}
+
+fn deletion_outcome(d: &crate::cloud::Deletion) -> &'static str {
+    match d {
+        crate::cloud::Deletion::Deleted => "Deleted",
+        crate::cloud::Deletion::Accepted => "Accepted",
+        crate::cloud::Deletion::AlreadyGone => "AlreadyGone",
     }
 }
 
@@ -124,6 +154,8 @@ async fn released(
     ctx.failures.reset(key);
     ctx.accepted.reset(key);
     ctx.metrics
+        .set_blocked(&obj.uid().unwrap_or_default(), None);
+    ctx.metrics
         .released(release.reason, obj.metadata.deletion_timestamp.as_ref());
     info!(reason = %release.reason, "finalizer released");
     tell(ctx, obj, release.warning, release.reason, release.note).await;
@@ -150,6 +182,13 @@ async fn held(
         ctx.accepted.record(key);
     }
     ctx.metrics.problem("cleanup", step.reason());
+    ctx.metrics.set_blocked(
+        &obj.uid().unwrap_or_default(),
+        match &step {
+            DeletionStep::Failed { problem, .. } => Some(problem.reason),
+            _ => None,
+        },
+    );
     let next = status::deleting_status(
         &prev,
         obj.metadata.generation,

@@ -60,6 +60,9 @@ impl Default for Settings {
 
 /// What every reconcile shares.
 pub struct Context {
+    /// Whether this process leads (always, without leader election): only
+    /// the leader reconciles and writes.
+    pub leader: crate::leader::Leadership,
     pub client: kube::Client,
     pub recorder: Recorder,
     pub clouds: ClientPool,

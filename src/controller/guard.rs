@@ -26,6 +26,9 @@ use crate::crd::CloudImage;
 /// releases it when none does, including after the operator was down while
 /// the last one went away (every Secret is looked at when the watch starts).
 pub async fn guard(secret: Arc<SecretMeta>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.leader.is_leader() {
+        return Ok(Action::await_change());
+    }
     let ns = secret.namespace().unwrap_or_default();
     let name = secret.name_any();
     if !SecretSeen::of(&secret.metadata).held {
@@ -64,6 +67,9 @@ pub async fn guard(secret: Arc<SecretMeta>, ctx: Arc<Context>) -> Result<Action,
                 .map_err(Error::ListCloudImages)?;
             if !secret_hold::users(&ns, &name, fresh.items.iter()).is_empty() {
                 return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+            if !ctx.leader.is_leader() {
+                return Ok(Action::await_change());
             }
             let rv = secret.resource_version().unwrap_or_default();
             let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);

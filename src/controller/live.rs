@@ -26,7 +26,10 @@ pub async fn observe(
     let id = &obj.spec.image_id;
     let result: Result<Lookup, Problem> = match ctx.cloud_for(obj).await {
         Ok(cloud) => {
+            let started = std::time::Instant::now();
             let r = cloud.get_image(id).await.map_err(Problem::from);
+            ctx.metrics
+                .cloud_call("get", super::cleanup::lookup_outcome(&r), started.elapsed());
             ctx.remember_identity(obj, cloud.as_ref());
             r
         }
@@ -68,6 +71,9 @@ pub async fn observe(
             }
             Ok(Lookup::Found(_)) => {}
         }
+    }
+    if !ctx.leader.is_leader() {
+        return Ok(Action::await_change());
     }
     kube_io::write_status(api, obj, &next)
         .await

@@ -26,6 +26,10 @@ pub async fn reconcile(obj: Arc<CloudImage>, ctx: Arc<Context>) -> Result<Action
         name = %obj.name_any(),
         image_id = %obj.spec.image_id
     );
+    // A standby acts on nothing; becoming the leader reconciles everything.
+    if !ctx.leader.is_leader() {
+        return Ok(Action::await_change());
+    }
     // This namespace's share of the slots is taken: give the slot back at
     // once; a slot of this namespace freeing wakes this object (the requeue
     // is only a safety net).

@@ -1,11 +1,18 @@
 //! Status, computed without I/O: from the previous status, what the cloud
 //! said (or the step a deletion reached) and the time, to the next status,
 //! and whether a user must be told.
+//!
+//! Beside `Ready` and `Deleting`, every status carries the kstatus pair that
+//! GitOps tools read: `Stalled=True` while a person must act (the same reason
+//! and message as the condition that explains it), `Reconciling=True` while
+//! the operator is still working or retrying something that resolves itself,
+//! neither once the image is active.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use super::conditions::{self, DELETING, READY, Wanted};
+use super::backoff::Pace;
+use super::conditions::{self, DELETING, Progress, READY, Wanted};
 use super::problem::Problem;
 use super::reason::Reason;
 use crate::cloud::{ImageInfo, Lookup};
@@ -36,7 +43,36 @@ impl DeletionStep {
             DeletionStep::Failed { problem, .. } => problem.reason,
         }
     }
+
+    /// Whether the deletion goes on by itself (other finalizers, an accepted
+    /// deletion, a transient failure) or waits for a person (a failure that
+    /// needs one; `--dry-run`, which never deletes until it is turned off).
+    pub fn progress(&self) -> Progress {
+        match self {
+            DeletionStep::WaitingForFinalizers(_) | DeletionStep::Accepted { .. } => {
+                Progress::Reconciling
+            }
+            DeletionStep::DryRun(_) => Progress::Stalled,
+            DeletionStep::Failed { problem, .. } => problem_progress(problem),
+        }
+    }
 }
+
+/// A problem a person has to fix (the slow retry pace: protected, forbidden,
+/// credentials missing or refused, invalid spec, untrusted answers...) stalls
+/// the object; a transient one (cloud unavailable, throttled, image in use,
+/// watch not synced) is retried while it reconciles.
+pub fn problem_progress(problem: &Problem) -> Progress {
+    match problem.pace {
+        Pace::Slow => Progress::Stalled,
+        Pace::Fast => Progress::Reconciling,
+    }
+}
+
+/// Image states the cloud leaves on its own (the data is being uploaded,
+/// saved or imported). Any other state that is not `active` (`killed`,
+/// `deactivated`, `deleted`, `pending_delete`, or none at all) needs a person.
+const PASSING_IMAGE_STATES: &[&str] = &["queued", "saving", "uploading", "importing"];
 
 fn observation(info: &ImageInfo) -> ImageObservation {
     ImageObservation {
@@ -62,7 +98,7 @@ pub fn live_status(
     s.observed_generation = generation;
     s.deletion = None;
     conditions::remove(&mut s.conditions, DELETING);
-    let ready = match result {
+    let (ready, progress) = match result {
         Ok(Lookup::Found(info)) => {
             s.image = Some(observation(info));
             let state = info.status.as_deref().unwrap_or("unknown");
@@ -72,19 +108,26 @@ pub fn live_status(
                 ""
             };
             if state == "active" {
-                Wanted {
+                let ready = Wanted {
                     type_: READY,
                     status: true,
                     reason: Reason::ImageAvailable,
                     message: format!("image {image_id} is active{protected}"),
-                }
+                };
+                (ready, Progress::Settled)
             } else {
-                Wanted {
+                let ready = Wanted {
                     type_: READY,
                     status: false,
                     reason: Reason::ImageNotActive,
                     message: format!("image {image_id} is {state}{protected}"),
-                }
+                };
+                let progress = if PASSING_IMAGE_STATES.contains(&state) {
+                    Progress::Reconciling
+                } else {
+                    Progress::Stalled
+                };
+                (ready, progress)
             }
         }
         Ok(Lookup::NotFound) => {
@@ -92,23 +135,36 @@ pub fn live_status(
             let mut img = s.image.take().unwrap_or_default();
             img.status = Some("NotFound".into());
             s.image = Some(img);
-            Wanted {
+            let ready = Wanted {
                 type_: READY,
                 status: false,
                 reason: Reason::ImageNotFound,
                 message: format!(
                     "image {image_id} was not found: it was deleted outside Kubernetes, or these credentials cannot see it (another project's private image). The operator does not recreate images."
                 ),
-            }
+            };
+            (ready, Progress::Stalled)
         }
-        Err(p) => Wanted {
-            type_: READY,
-            status: false,
-            reason: p.reason,
-            message: p.full_message(),
-        },
+        Err(p) => {
+            let ready = Wanted {
+                type_: READY,
+                status: false,
+                reason: p.reason,
+                message: p.full_message(),
+            };
+            (ready, problem_progress(p))
+        }
     };
+    let (reason, message) = (ready.reason, ready.message.clone());
     conditions::set(&mut s.conditions, ready, generation, now);
+    conditions::set_progress(
+        &mut s.conditions,
+        progress,
+        reason,
+        &message,
+        generation,
+        now,
+    );
     s
 }
 
@@ -180,7 +236,7 @@ pub fn deleting_status(
             type_: DELETING,
             status: true,
             reason: step.reason(),
-            message,
+            message: message.clone(),
         },
         generation,
         now,
@@ -193,6 +249,16 @@ pub fn deleting_status(
             reason: Reason::Deleting,
             message: format!("the CloudImage is being deleted ({})", step.reason()),
         },
+        generation,
+        now,
+    );
+    // Tools read why a deletion is held from `Stalled`/`Reconciling`, with
+    // the `Deleting` reason and message (`Ready` only says "being deleted").
+    conditions::set_progress(
+        &mut s.conditions,
+        step.progress(),
+        step.reason(),
+        &message,
         generation,
         now,
     );
@@ -232,7 +298,8 @@ pub fn attempts(s: &CloudImageStatus) -> i32 {
 mod tests {
     use super::*;
     use crate::cloud::{CloudError, ErrorKind};
-    use crate::controller::backoff::Pace;
+    use crate::controller::conditions::{RECONCILING, STALLED};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
     const ID: &str = "4ca46bf1-5c61-48ff-b4f3-0ad4e5e3ba90";
 
@@ -404,6 +471,297 @@ mod tests {
             Problem::from(CloudError::new(ErrorKind::Unavailable, "x")).reason,
             Reason::CloudUnavailable
         );
+    }
+
+    fn cond<'a>(s: &'a CloudImageStatus, type_: &str) -> Option<&'a Condition> {
+        s.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// (Stalled, Reconciling) as (reason, message) pairs, for short asserts.
+    fn pair(s: &CloudImageStatus) -> (Option<(&str, &str)>, Option<(&str, &str)>) {
+        (true_pair(s, STALLED), true_pair(s, RECONCILING))
+    }
+
+    fn true_pair<'a>(s: &'a CloudImageStatus, type_: &str) -> Option<(&'a str, &'a str)> {
+        cond(s, type_).map(|c| {
+            assert_eq!(c.status, "True", "{type_} is present only while True");
+            (c.reason.as_str(), c.message.as_str())
+        })
+    }
+
+    fn ready_of(s: &CloudImageStatus) -> (&str, &str) {
+        let c = cond(s, READY).expect("Ready");
+        (c.reason.as_str(), c.message.as_str())
+    }
+
+    fn live_failure(prev: &CloudImageStatus, p: Problem, m: u32) -> CloudImageStatus {
+        live_status(prev, Some(3), ID, &Err(p), at(m))
+    }
+
+    #[test]
+    fn problems_that_need_a_person_stall_and_transient_ones_reconcile() {
+        let mut problems: Vec<(Problem, bool)> = ErrorKind::ALL
+            .iter()
+            .map(|k| {
+                (
+                    Problem::from(CloudError::new(*k, format!("{k:?} from the cloud"))),
+                    !k.is_transient(),
+                )
+            })
+            .collect();
+        problems.extend([
+            (
+                Problem::new(Reason::CredentialsMissing, "no Secret", Pace::Slow),
+                true,
+            ),
+            (
+                Problem::new(Reason::CredentialsInvalid, "not YAML", Pace::Slow),
+                true,
+            ),
+            (
+                Problem::new(Reason::InvalidSpec, "not a UUID", Pace::Slow),
+                true,
+            ),
+            (
+                Problem::new(Reason::WatchNotSynced, "not listed yet", Pace::Fast),
+                false,
+            ),
+        ]);
+        let stalls: Vec<Reason> = problems
+            .iter()
+            .filter(|(_, stalls)| *stalls)
+            .map(|(p, _)| p.reason)
+            .collect();
+        for must in [
+            Reason::AuthFailed,
+            Reason::Forbidden,
+            Reason::Protected,
+            Reason::UntrustedAnswer,
+            Reason::CredentialsInvalid,
+            Reason::CredentialsMissing,
+            Reason::InvalidSpec,
+        ] {
+            assert!(stalls.contains(&must), "{must} needs a person");
+        }
+        for (p, stalls) in problems {
+            let s = live_failure(&Default::default(), p.clone(), 0);
+            let ready = ready_of(&s);
+            assert_eq!(ready.0, p.reason.as_str());
+            let want = Some(ready);
+            let got = pair(&s);
+            if stalls {
+                assert_eq!(got, (want, None), "{} stalls", p.reason);
+            } else {
+                assert_eq!(got, (None, want), "{} reconciles", p.reason);
+            }
+            let c = cond(&s, if stalls { STALLED } else { RECONCILING }).expect("condition");
+            assert_eq!(c.observed_generation, Some(3));
+            assert_eq!(c.last_transition_time, Time(at(0)));
+        }
+    }
+
+    #[test]
+    fn the_live_transitions_set_and_clear_the_kstatus_pair() {
+        let fresh = live_status(
+            &Default::default(),
+            Some(1),
+            ID,
+            &Ok(Lookup::Found(active(false))),
+            at(0),
+        );
+        assert_eq!(pair(&fresh), (None, None), "an active image: neither");
+
+        let gone = live_status(&fresh, Some(1), ID, &Ok(Lookup::NotFound), at(1));
+        let (reason, message) = ready_of(&gone);
+        assert_eq!(reason, "ImageNotFound");
+        assert_eq!(pair(&gone), (Some((reason, message)), None));
+
+        let down = live_failure(
+            &gone,
+            Problem::from(CloudError::new(ErrorKind::Unavailable, "HTTP 503")),
+            2,
+        );
+        assert_eq!(
+            pair(&down),
+            (None, Some(("CloudUnavailable", "HTTP 503"))),
+            "a transient retry replaces Stalled"
+        );
+        assert_eq!(ready_of(&down).0, "CloudUnavailable", "Ready as before");
+
+        let throttled = live_failure(
+            &down,
+            Problem::from(CloudError::new(ErrorKind::Throttled, "HTTP 429")),
+            3,
+        );
+        assert_eq!(
+            cond(&throttled, RECONCILING).map(|c| c.last_transition_time.clone()),
+            Some(Time(at(2))),
+            "still reconciling: the time stays"
+        );
+
+        let back = live_status(
+            &throttled,
+            Some(1),
+            ID,
+            &Ok(Lookup::Found(active(false))),
+            at(4),
+        );
+        assert_eq!(pair(&back), (None, None), "healthy again: both removed");
+        assert_eq!(ready_of(&back).0, "ImageAvailable");
+
+        let gone_again = live_status(&back, Some(1), ID, &Ok(Lookup::NotFound), at(5));
+        assert_eq!(
+            cond(&gone_again, STALLED).map(|c| c.last_transition_time.clone()),
+            Some(Time(at(5))),
+            "stalled anew: a new transition time"
+        );
+        assert_eq!(
+            gone_again.conditions.first().map(|c| c.type_.as_str()),
+            Some(READY),
+            "Ready stays first"
+        );
+    }
+
+    #[test]
+    fn images_on_their_way_reconcile_and_other_inactive_images_stall() {
+        for (state, want) in [
+            (Some("active"), Progress::Settled),
+            (Some("queued"), Progress::Reconciling),
+            (Some("saving"), Progress::Reconciling),
+            (Some("uploading"), Progress::Reconciling),
+            (Some("importing"), Progress::Reconciling),
+            (Some("killed"), Progress::Stalled),
+            (Some("deactivated"), Progress::Stalled),
+            (Some("deleted"), Progress::Stalled),
+            (Some("pending_delete"), Progress::Stalled),
+            (None, Progress::Stalled),
+        ] {
+            let mut info = active(false);
+            info.status = state.map(str::to_owned);
+            let s = live_status(
+                &Default::default(),
+                Some(1),
+                ID,
+                &Ok(Lookup::Found(info)),
+                at(0),
+            );
+            let ready = Some(ready_of(&s));
+            let got = match pair(&s) {
+                (None, None) => Progress::Settled,
+                (r, None) if r == ready => Progress::Stalled,
+                (None, r) if r == ready => Progress::Reconciling,
+                other => panic!("{state:?}: unexpected {other:?}"),
+            };
+            assert_eq!(got, want, "image state {state:?}");
+        }
+    }
+
+    #[test]
+    fn a_blocked_deletion_stalls_with_the_blocking_reason_and_message() {
+        let live = live_status(
+            &Default::default(),
+            Some(2),
+            ID,
+            &Ok(Lookup::Found(active(true))),
+            at(0),
+        );
+        let blocked = deleting_status(
+            &live,
+            Some(2),
+            ID,
+            &DeletionStep::Failed {
+                problem: protected_problem(),
+                attempted: true,
+            },
+            at(1),
+        );
+        let deleting = cond(&blocked, DELETING).expect("Deleting");
+        assert_eq!(
+            pair(&blocked),
+            (Some(("Protected", deleting.message.as_str())), None)
+        );
+        assert!(deleting.message.contains("req-9"));
+        assert_eq!(ready_of(&blocked).0, "Deleting", "Ready as before");
+
+        let other = |p: Problem| DeletionStep::Failed {
+            problem: p,
+            attempted: true,
+        };
+        for (step, want) in [
+            (
+                DeletionStep::Accepted {
+                    image: None,
+                    attempted: true,
+                },
+                (None, Some("DeletionAccepted")),
+            ),
+            (
+                DeletionStep::WaitingForFinalizers(vec!["example.com/x".into()]),
+                (None, Some("WaitingForFinalizers")),
+            ),
+            (DeletionStep::DryRun(None), (Some("DryRun"), None)),
+            (
+                other(Problem::from(CloudError::new(ErrorKind::InUse, "409"))),
+                (None, Some("InUse")),
+            ),
+            (
+                other(Problem::from(CloudError::new(ErrorKind::Unavailable, "x"))),
+                (None, Some("CloudUnavailable")),
+            ),
+            (
+                other(Problem::from(CloudError::new(ErrorKind::Forbidden, "403"))),
+                (Some("Forbidden"), None),
+            ),
+            (
+                other(Problem::new(
+                    Reason::CredentialsMissing,
+                    "no Secret",
+                    Pace::Slow,
+                )),
+                (Some("CredentialsMissing"), None),
+            ),
+        ] {
+            // From the blocked deletion, so a Stalled must also go when it no longer applies.
+            let s = deleting_status(&blocked, Some(2), ID, &step, at(2));
+            let msg = cond(&s, DELETING).expect("Deleting").message.clone();
+            let (stalled, reconciling) = pair(&s);
+            assert_eq!(
+                (stalled.map(|p| p.0), reconciling.map(|p| p.0)),
+                want,
+                "{step:?}"
+            );
+            for (_, m) in stalled.into_iter().chain(reconciling) {
+                assert_eq!(m, msg, "the Deleting message");
+            }
+        }
+    }
+
+    #[test]
+    fn a_stalled_object_that_is_deleted_reports_the_deletion() {
+        let gone = live_status(
+            &Default::default(),
+            Some(1),
+            ID,
+            &Ok(Lookup::NotFound),
+            at(0),
+        );
+        assert_eq!(pair(&gone).0.map(|p| p.0), Some("ImageNotFound"));
+        let accepted = deleting_status(
+            &gone,
+            Some(1),
+            ID,
+            &DeletionStep::Accepted {
+                image: None,
+                attempted: true,
+            },
+            at(1),
+        );
+        assert_eq!(
+            pair(&accepted).0,
+            None,
+            "the live problem no longer applies"
+        );
+        assert_eq!(pair(&accepted).1.map(|p| p.0), Some("DeletionAccepted"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! test, the operator as a real child process, and waits with deadlines.
 #![allow(dead_code)]
 
+pub mod gitops;
 pub mod glance;
 pub mod hostile;
 pub mod ims_double;
@@ -390,7 +391,10 @@ impl Scope {
     ) -> Operator {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("operator-logs");
         std::fs::create_dir_all(&dir).expect("log dir");
-        let log_path = dir.join(format!("{}.log", self.ns));
+        // One file per operator process (a test may run several).
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log_path = dir.join(format!("{}-{n}.log", self.ns));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

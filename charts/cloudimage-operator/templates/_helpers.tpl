@@ -10,6 +10,11 @@
 {{- default (include "cloudimage-operator.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
 
+{{/* The leader election Lease's name: leaderElection.id, else the full name. */}}
+{{- define "cloudimage-operator.leaseName" -}}
+{{- .Values.leaderElection.id | default (include "cloudimage-operator.fullname" .) -}}
+{{- end -}}
+
 {{- define "cloudimage-operator.labels" -}}
 app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
