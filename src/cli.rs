@@ -48,6 +48,11 @@ pub struct Args {
     #[arg(long, env = "CLOUDIMAGE_ACCEPTED_POLL_INTERVAL", default_value = "3s", value_parser = parse_duration)]
     pub accepted_poll_interval: Duration,
 
+    /// A deletion the cloud accepted (IMS) but still lists after this long
+    /// is reported as DeletionStalled, with a Warning Event; polling goes on.
+    #[arg(long, env = "CLOUDIMAGE_DELETION_STALL_AFTER", default_value = "10m", value_parser = parse_duration)]
+    pub deletion_stall_after: Duration,
+
     /// Report what would be deleted, never call DELETE (for a first rollout).
     /// Finalizers are kept: objects being deleted wait until dry run is off.
     #[arg(long, env = "CLOUDIMAGE_DRY_RUN")]

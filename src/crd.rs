@@ -99,6 +99,8 @@ pub struct CloudImageStatus {
     /// `Ready`: True while the image was last seen in the cloud and is usable.
     /// `Deleting`: present once the object is being deleted; True while the
     /// image deletion is not finished, with the reason it is held up.
+    /// `Stalled` (kstatus): True while a person has to act, with the reason.
+    /// `Reconciling` (kstatus): True while a check or a retry is under way.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

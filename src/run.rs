@@ -82,6 +82,14 @@ async fn client(args: &Args) -> Result<Client, RunError> {
     Client::try_from(config).map_err(RunError::Client)
 }
 
+/// Drops from a cached CloudImage what no reconcile reads.
+fn trim_cached(obj: &mut CloudImage) {
+    obj.metadata.managed_fields = None;
+    if let Some(a) = obj.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
 /// Whether an object is being deleted, as a predicate value.
 fn being_deleted(obj: &CloudImage) -> Option<u64> {
     Some(u64::from(obj.metadata.deletion_timestamp.is_some()))
@@ -137,6 +145,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         dry_run: args.dry_run,
         resync: args.resync_interval,
         accepted_poll: args.accepted_poll_interval,
+        stall_after: args.deletion_stall_after,
         backoff: BackoffConfig {
             fast_base: args.retry_fast,
             slow_base: args.retry_slow,
@@ -328,6 +337,9 @@ impl Watch {
             let ctx = ctx.clone();
             watcher(ci_api, cimg_watch_config.clone())
                 .default_backoff()
+                // The cache keeps what the operator reads, not the managed
+                // fields or `kubectl apply`'s copy of the object.
+                .modify(trim_cached)
                 .inspect_ok(move |event| {
                     let old = match event {
                         watcher::Event::Apply(o) | watcher::Event::Delete(o) => {

@@ -4,6 +4,8 @@
 # modules pinned in testenv/go/*, into a cache outside the checkout keyed by
 # version. A binary already present with the right --version is not rebuilt.
 # Also creates the Python venv holding Keystone and Glance (testenv/python/).
+# `orc` (not part of `all`, so CI does not build it) builds ORC's manager, the
+# peer bench/prune.sh measures against, from testenv/go/orc.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -15,6 +17,7 @@ HELM_VERSION="$(awk '$1=="helm.sh/helm/v3" {print $2}' "$HERE/go/helm/go.mod" | 
 # kstatus-check is our own main.go around cli-utils: keyed by both.
 KSTATUS_VERSION="$(awk '$1=="sigs.k8s.io/cli-utils" {print $2}' "$HERE/go/kstatus/go.mod" | head -1)"
 KSTATUS_KEY="$(cat "$HERE/go/kstatus/main.go" "$HERE/go/kstatus/go.mod" "$HERE/go/kstatus/go.sum" | sha256sum | cut -c1-12)"
+ORC_VERSION="$(awk '$1=="github.com/k-orc/openstack-resource-controller/v2" {print $2}' "$HERE/go/orc/go.mod" | head -1)"
 PY_KEY="$(sha256sum "$HERE/python/requirements.txt" | cut -c1-12)"
 
 export GOTOOLCHAIN=local CGO_ENABLED=0
@@ -25,6 +28,7 @@ BIN_KUBE="$CACHE/kube-$KUBE_VERSION"
 BIN_ETCD="$CACHE/etcd-$ETCD_VERSION"
 BIN_HELM="$CACHE/helm-$HELM_VERSION"
 BIN_KSTATUS="$CACHE/kstatus-$KSTATUS_VERSION-$KSTATUS_KEY"
+BIN_ORC="$CACHE/orc-$ORC_VERSION"
 VENV="$CACHE/venv-$PY_KEY"
 
 log() { printf '[build-tools] %s\n' "$*" >&2; }
@@ -81,6 +85,20 @@ build_kstatus() {
   fi
 }
 
+# ORC's manager has no --version: the directory is keyed by the pinned
+# version, and a manager already there is kept.
+build_orc() {
+  mkdir -p "$BIN_ORC"
+  if [[ ! -x "$BIN_ORC/manager" ]]; then
+    log "building ORC manager $ORC_VERSION (cold: 5-10 min on 2 cores)"
+    (cd "$HERE/go/orc" && go build -trimpath -ldflags "-s -w" -o "$BIN_ORC/manager.tmp" github.com/k-orc/openstack-resource-controller/v2/cmd/manager)
+    mv "$BIN_ORC/manager.tmp" "$BIN_ORC/manager"
+  fi
+  # Its CRDs (config/crd/bases) are read from the module cache: make sure the
+  # module is there even when the binary was already built.
+  (cd "$HERE/go/orc" && go mod download github.com/k-orc/openstack-resource-controller/v2)
+}
+
 build_venv() {
   if [[ -x "$VENV/bin/gunicorn" && -f "$VENV/.complete" ]]; then return; fi
   log "creating Python venv for Keystone + Glance in $VENV"
@@ -128,11 +146,12 @@ main() {
     etcd) build_etcd ;;
     helm) build_helm ;;
     kstatus) build_kstatus ;;
+    orc) build_orc ;;
     venv) build_venv ;;
     all) build_venv; build_etcd; build_kube; build_helm; build_kstatus ;;
     paths)
-      echo "KUBE_BIN_DIR=$BIN_KUBE"; echo "ETCD_BIN_DIR=$BIN_ETCD"; echo "HELM_BIN_DIR=$BIN_HELM"; echo "KSTATUS_BIN_DIR=$BIN_KSTATUS"; echo "VENV=$VENV"; return ;;
-    *) echo "usage: $0 [all|kube|etcd|helm|kstatus|venv|paths]" >&2; exit 2 ;;
+      echo "KUBE_BIN_DIR=$BIN_KUBE"; echo "ETCD_BIN_DIR=$BIN_ETCD"; echo "HELM_BIN_DIR=$BIN_HELM"; echo "KSTATUS_BIN_DIR=$BIN_KSTATUS"; echo "ORC_BIN_DIR=$BIN_ORC"; echo "VENV=$VENV"; return ;;
+    *) echo "usage: $0 [all|kube|etcd|helm|kstatus|venv|orc|paths]" >&2; exit 2 ;;
   esac
 }
 main "$@"

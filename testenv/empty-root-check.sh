@@ -17,7 +17,8 @@
 # directory caches it between runs. Set CLOUDIMAGE_EMPTY_ROOT_BINARY (or
 # pass BINARY) to check another build, e.g. target/debug/cloudimage-operator.
 #
-# Needs: root (for chroot), the test environment up (testenv/env.sh up).
+# Needs: root (for chroot; else unprivileged user namespaces, and then it
+# runs as the namespace's root), the test environment up (testenv/env.sh up).
 # Exit status 0 when the operator answered; non-zero with a message on
 # stderr otherwise.
 set -euo pipefail
@@ -34,7 +35,17 @@ die() {
   exit 1
 }
 
-[[ "$(id -u)" == 0 ]] || die "needs root (chroot); run it as root"
+# As root: chroot, then run as 65532:65532 like the image. Otherwise an
+# unprivileged user namespace gives chroot (as the namespace's root, mapped
+# to the caller).
+if [[ "$(id -u)" == 0 ]]; then
+  ENTER=(chroot --userspec="$RUN_AS")
+elif unshare --user --map-root-user true 2>/dev/null; then
+  RUN_AS="$(id -u):$(id -g) (as root of a user namespace)"
+  ENTER=(unshare --user --map-root-user chroot)
+else
+  die "needs root or unprivileged user namespaces (for chroot)"
+fi
 command -v chroot >/dev/null || die "chroot not found"
 command -v ldd >/dev/null || die "ldd not found"
 command -v curl >/dev/null || die "curl not found"
@@ -54,10 +65,10 @@ fi
 [[ -x "$BIN" ]] || die "$BIN is not an executable"
 
 # The CRD: the operator refuses to start without it.
-"$KUBECTL" apply --server-side --force-conflicts --field-manager=cloudimage-tests \
+"$KUBECTL" --kubeconfig "$KUBECONFIG" apply --server-side --force-conflicts --field-manager=cloudimage-tests \
   -f "$ROOT/crds/cloudimage.dev_cloudimages.yaml" >/dev/null \
   || die "cannot apply the CRD"
-"$KUBECTL" wait --for=condition=Established --timeout=60s \
+"$KUBECTL" --kubeconfig "$KUBECONFIG" wait --for=condition=Established --timeout=60s \
   crd/cloudimages.cloudimage.dev >/dev/null || die "the CRD is not served"
 
 NS="empty-root-$(head -c 3 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -71,11 +82,11 @@ cleanup() {
   fi
   rm -rf "$JAIL"
   [[ -z "$LOG" ]] || rm -f "$LOG"
-  "$KUBECTL" delete namespace "$NS" --wait=false --ignore-not-found >/dev/null 2>&1 || true
+  "$KUBECTL" --kubeconfig "$KUBECONFIG" delete namespace "$NS" --wait=false --ignore-not-found >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-"$KUBECTL" create namespace "$NS" >/dev/null || die "cannot create namespace $NS"
+"$KUBECTL" --kubeconfig "$KUBECONFIG" create namespace "$NS" >/dev/null || die "cannot create namespace $NS"
 
 # The root: the binary, its libraries and loader, the CA bundle, a kubeconfig.
 install -m 0755 "$BIN" "$JAIL/cloudimage-operator"
@@ -96,9 +107,9 @@ for lib in "${libs[@]}"; do
 done
 mkdir -p "$JAIL/etc/ssl/certs"
 cp -L /etc/ssl/certs/ca-certificates.crt "$JAIL/etc/ssl/certs/ca-certificates.crt"
-KUBECONFIG="$KUBECONFIG" "$KUBECTL" config view --raw --minify --flatten >"$JAIL/kubeconfig" \
+"$KUBECTL" --kubeconfig "$KUBECONFIG" config view --raw --minify --flatten >"$JAIL/kubeconfig" \
   || die "cannot write a self-contained kubeconfig"
-chown "$RUN_AS" "$JAIL/kubeconfig"
+[[ "$(id -u)" != 0 ]] || chown 65532:65532 "$JAIL/kubeconfig"
 chmod 0600 "$JAIL/kubeconfig"
 chmod 0755 "$JAIL"
 say "root $JAIL holds only:"
@@ -112,7 +123,7 @@ PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); 
 
 LOG="$(mktemp "${TMPDIR:-/tmp}/cloudimage-empty-root-log.XXXXXX")"
 say "starting the operator in it as $RUN_AS (namespace $NS, health on 127.0.0.1:$PORT)"
-chroot --userspec="$RUN_AS" "$JAIL" /cloudimage-operator \
+"${ENTER[@]}" "$JAIL" /cloudimage-operator \
   --kubeconfig /kubeconfig \
   --namespace "$NS" \
   --health-addr "127.0.0.1:$PORT" \

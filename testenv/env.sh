@@ -9,6 +9,11 @@
 #   testenv/env.sh down   [STATE_DIR]   stop everything `up` started (idempotent)
 #   testenv/env.sh status [STATE_DIR]   show what is running
 #   testenv/env.sh env    [STATE_DIR]   print the path of the sourceable env file
+#   testenv/env.sh restart kube-apiserver [STATE_DIR]
+#                                       stop kube-apiserver (by PID) and start it
+#                                       again with the same command line (flags,
+#                                       port, certificates), wait for /readyz, and
+#                                       record the new PID (fault tests: tests/chaos.rs)
 #
 # STATE_DIR defaults to ${CLOUDIMAGE_TESTENV_DIR:-$HOME/.cache/cloudimage-testenv/run}.
 # After `up`:  source "$(testenv/env.sh env)"   (exports KUBECONFIG, GLANCE_URL, ...)
@@ -215,14 +220,61 @@ cmd_env() {
   [[ -f "$dir/env" ]] || { log "$dir/env does not exist (run: $0 up${1:+ $1})"; return 1; }
 }
 
+# ---------------------------------------------------------------- restart ---
+
+# Restarts kube-apiserver in place, as an upgrade or a crash would: the same
+# argv (read back from /proc, so exactly the flags `up` gave it), the same
+# cwd, the same port, the same PKI and etcd. Clients see connections refused
+# for a few seconds, then the same server. The log is appended to, not
+# truncated. Exits non-zero unless the new process is ready.
+cmd_restart() { # SERVICE [STATE_DIR]
+  local svc="${1:-}" dir pid cwd new url
+  [[ "$svc" == kube-apiserver ]] || die "restart: only kube-apiserver can be restarted (got '${svc}')"
+  dir="$(abs_dir "${2:-$DEFAULT_STATE_DIR}")"
+  [[ -f "$dir/env" ]] || die "restart: $dir is not up"
+  exec 9>"$dir/.lock"
+  flock -w 300 9 || die "another up/down/restart holds $dir/.lock"
+  pid="$(read_pid "$dir" "$svc")"
+  pid_is_ours "$pid" "$dir" || die "restart: $svc is not running (pid '${pid}')"
+  local argv=()
+  mapfile -d '' -t argv <"/proc/$pid/cmdline"
+  cwd="$(readlink "/proc/$pid/cwd")"
+  if (( ${#argv[@]} == 0 )) || [[ -z "$cwd" ]]; then
+    die "restart: cannot read the command line of pid $pid"
+  fi
+  # SIGTERM, then SIGKILL after 3 s: it stops listening at once but can
+  # take longer than that to exit, and the port is what clients see.
+  STOP_TIMEOUT=3 stop_service "$dir" "$svc"
+  START_APPEND_LOG=1 start_service "$dir" "$svc" "$cwd" "${argv[@]}"
+  url="$(env_value "$dir" KUBE_APISERVER_URL)"
+  wait_http "$dir" "$svc" "$APISERVER_READY_TIMEOUT" body:ok \
+    --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" --key "$dir/pki/admin.key" \
+    "$url/readyz" || die "restart: $svc did not become ready (log: $dir/logs/$svc.log)"
+  new="$(read_pid "$dir" "$svc")"
+  # The env files name the PID too.
+  (
+    # shellcheck disable=SC1091
+    source "$dir/env"
+    KUBE_APISERVER_PID="$new"
+    write_env_json "$dir"
+    write_env_file "$dir"
+  )
+  log "restarted $svc: pid $pid -> $new in ${SECONDS}s"
+}
+
 usage() {
-  sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
 main() {
   local cmd="${1:-}"
   [[ $# -gt 0 ]] && shift
+  if [[ "$cmd" == restart ]]; then
+    [[ $# -ge 1 && $# -le 2 ]] || usage
+    cmd_restart "$@"
+    return
+  fi
   [[ $# -le 1 ]] || usage
   case "$cmd" in
     up) cmd_up "$@" ;;

@@ -213,6 +213,21 @@ async fn problems_that_need_a_person_are_failed_for_kstatus_and_degraded_for_arg
         );
     }
 
+    // Tidy up without the cloud: Retain releases at once.
+    for (name, _, _, _) in rows {
+        s.cimgs()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"deletionPolicy": "Retain"}})),
+            )
+            .await
+            .expect("Retain");
+        s.delete(name).await;
+    }
+    for (name, _, _, _) in rows {
+        s.wait_gone(name, T).await;
+    }
     assert_eq!(
         other.delete_raw(&theirs, Some(&other.token)).await,
         reqwest::StatusCode::NO_CONTENT

@@ -20,6 +20,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Api;
 use kube::api::PostParams;
+use serde::Deserialize;
 use serde_json::json;
 
 use common::glance::Glance;
@@ -466,4 +467,125 @@ async fn the_operator_with_the_charts_token_takes_the_lease_and_deletes() {
         released.is_empty(),
         "the Lease is released on SIGTERM, held by {released:?}"
     );
+}
+
+/// deploy/rbac.yaml's Lease Role fits deploy/operator.yaml's flags: the
+/// operator with only that ServiceAccount's token takes the Lease named
+/// there, in cloudimage-system, and releases it on SIGTERM.
+#[tokio::test]
+async fn the_plain_manifests_let_the_operator_take_its_lease() {
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/operator.yaml"))
+            .expect("deploy/operator.yaml");
+    let deploy: Deployment = serde_yaml::Deserializer::from_str(&manifest)
+        .map(|d| serde_yaml::Value::deserialize(d).expect("document"))
+        .find(|v| v["kind"] == "Deployment")
+        .map(|v| serde_yaml::from_value(v).expect("a Deployment"))
+        .expect("a Deployment in deploy/operator.yaml");
+    let spec = deploy.spec;
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.expect("pod spec");
+    let args = pod.containers[0].args.clone().unwrap_or_default();
+    assert!(args.contains(&"--leader-elect".to_string()), "{args:?}");
+    let id = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--leader-election-id="))
+        .expect("--leader-election-id")
+        .to_owned();
+    let env = pod.containers[0].env.clone().unwrap_or_default();
+    assert_eq!(
+        env_field_ref(&env, "POD_NAMESPACE").as_deref(),
+        Some("metadata.namespace")
+    );
+
+    let s = Scope::new("plainlease").await;
+    let (ok, out) = run_tool(
+        &s.env,
+        "KUBECTL",
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            "cloudimage-tests",
+            "-f",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml"),
+        ],
+    );
+    assert!(ok, "apply deploy/rbac.yaml: {out}");
+    let ns = "cloudimage-system";
+    let kc = service_account_kubeconfig(&s, ns, "cloudimage-operator").await;
+    let op = s.start_operator_with_kubeconfig(
+        &kc,
+        &[
+            "--leader-elect",
+            "--leader-election-namespace",
+            ns,
+            "--leader-election-id",
+            &id,
+        ],
+    );
+    // A Lease left held by a killed run is taken once it expires (15 s).
+    wait_for("cloudimage_leader 1 on /metrics", T, || async {
+        match op.metric("cloudimage_leader").await as i64 {
+            1 => Ok(()),
+            v => Err(format!("cloudimage_leader {v}; log:\n{}", op.log())),
+        }
+    })
+    .await;
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), ns);
+    let holder = leases
+        .get(&id)
+        .await
+        .expect("the Lease")
+        .spec
+        .and_then(|sp| sp.holder_identity)
+        .unwrap_or_default();
+    assert!(!holder.is_empty(), "the Lease {ns}/{id} has a holder");
+    assert!(op.terminate().await.success());
+    let after = leases
+        .get(&id)
+        .await
+        .expect("the Lease")
+        .spec
+        .and_then(|sp| sp.holder_identity)
+        .unwrap_or_default();
+    assert!(
+        after.is_empty(),
+        "released on SIGTERM, still held by {after:?}"
+    );
+}
+
+/// The image reference agrees everywhere: the chart's appVersion is the
+/// crate's version, `image.repository` and deploy/operator.yaml name the
+/// image the Dockerfile documents, and the Dockerfile's user is the one the
+/// chart and the manifest run as.
+#[test]
+fn the_image_reference_and_user_agree_everywhere() {
+    let read = |p: &str| {
+        std::fs::read_to_string(format!("{}/{p}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap_or_else(|e| panic!("{p}: {e}"))
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    let chart: serde_yaml::Value =
+        serde_yaml::from_str(&read("charts/cloudimage-operator/Chart.yaml")).expect("Chart.yaml");
+    assert_eq!(chart["appVersion"].as_str(), Some(version), "appVersion");
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(&read("charts/cloudimage-operator/values.yaml")).expect("values.yaml");
+    assert_eq!(values["image"]["repository"], "cloudimage-operator");
+    assert_eq!(values["image"]["tag"], "", "the tag defaults to appVersion");
+    assert_eq!(values["securityContext"]["runAsUser"], 65532);
+    let image = format!("cloudimage-operator:{version}");
+    assert!(
+        read("deploy/operator.yaml").contains(&format!("image: {image}")),
+        "deploy/operator.yaml runs {image}"
+    );
+    let dockerfile = read("Dockerfile");
+    assert!(
+        dockerfile.contains(&format!("-t cloudimage-operator:{version}")),
+        "the Dockerfile builds {image}"
+    );
+    assert!(dockerfile.contains("USER 65532:65532"));
+    assert!(dockerfile.contains("FROM gcr.io/distroless/cc-debian12:nonroot"));
+    assert!(dockerfile.contains("cargo build --release --locked"));
 }

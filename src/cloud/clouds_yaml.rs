@@ -427,18 +427,6 @@ pub fn parse(
         _ => Profile::OpenStack,
     };
     let region_name = non_empty(entry.region_name);
-    // A region that can go into a Huawei host name, when the entry needs one.
-    let huawei_region = || -> Result<&str, CloudsYamlError> {
-        match region_name.as_deref() {
-            None => Err(invalid(
-                "region_name is missing (the Huawei Cloud endpoints are built from it)",
-            )),
-            Some(r) if is_huawei_region(r) => Ok(r),
-            Some(_) => Err(invalid(
-                "region_name is not a Huawei Cloud region id (like ap-southeast-1); set image_endpoint_override",
-            )),
-        }
-    };
     if let Some(o) = &entry.image_endpoint_override {
         let parsed =
             url::Url::parse(o).map_err(|_| invalid("image_endpoint_override is not a URL"))?;
@@ -447,15 +435,20 @@ pub fn parse(
         }
     }
     let has_override = entry.image_endpoint_override.is_some();
+    // With `profile: huaweicloud`, a region id that can be part of a host
+    // name builds the IAM URL, the project and the IMS endpoint; any other
+    // region name (a private Huawei Cloud Stack, say) leaves them to the
+    // entry and the catalog, as for OpenStack.
+    let hw_region = region_name
+        .as_deref()
+        .filter(|r| profile == Profile::HuaweiCloud && is_huawei_region(r));
     let a = entry.auth;
     // The Keystone URL: given, or for Huawei Cloud built from the region.
     let auth_url = |given: Option<String>| -> Result<String, CloudsYamlError> {
-        let url = match non_empty(given) {
-            Some(u) => u,
-            None if profile == Profile::HuaweiCloud && region_name.is_some() => {
-                huawei_iam_url(huawei_region()?)
-            }
-            None => return Err(invalid("auth.auth_url is missing")),
+        let url = match (non_empty(given), hw_region) {
+            (Some(u), _) => u,
+            (None, Some(r)) => huawei_iam_url(r),
+            (None, None) => return Err(invalid("auth.auth_url is missing")),
         };
         let parsed = url::Url::parse(&url).map_err(|_| invalid("auth.auth_url is not a URL"))?;
         if let Some(p) = url_problem(&parsed) {
@@ -488,8 +481,8 @@ pub fn parse(
                 pick(a.project_domain_name, a.project_domain_id).or(default_domain);
             // Huawei IAM: the project is the region, and may be named
             // without a domain.
-            if profile == Profile::HuaweiCloud && project.is_none() && region_name.is_some() {
-                project = Some(NameOrId::Name(huawei_region()?.to_owned()));
+            if let (None, Some(r)) = (&project, hw_region) {
+                project = Some(NameOrId::Name(r.to_owned()));
             }
             if profile != Profile::HuaweiCloud
                 && matches!(project, Some(NameOrId::Name(_)))
@@ -499,10 +492,7 @@ pub fn parse(
                     "auth.project_domain_name (or _id) is needed with auth.project_name",
                 ));
             }
-            let region_endpoint =
-                (profile == Profile::HuaweiCloud && !has_override && region_name.is_some())
-                    .then(|| huawei_region().map(huawei_ims_endpoint))
-                    .transpose()?;
+            let region_endpoint = hw_region.filter(|_| !has_override).map(huawei_ims_endpoint);
             let auth = Auth::Password(PasswordAuth {
                 auth_url: auth_url(a.auth_url)?,
                 user,
@@ -540,10 +530,7 @@ pub fn parse(
                     ));
                 }
             };
-            let region_endpoint =
-                (profile == Profile::HuaweiCloud && !has_override && region_name.is_some())
-                    .then(|| huawei_region().map(huawei_ims_endpoint))
-                    .transpose()?;
+            let region_endpoint = hw_region.filter(|_| !has_override).map(huawei_ims_endpoint);
             let auth = Auth::ApplicationCredential(ApplicationCredential {
                 auth_url: auth_url(a.auth_url)?,
                 credential,
@@ -581,11 +568,15 @@ pub fn parse(
                     "image_endpoint_override is needed with auth_type aksk and profile otc",
                 ));
             } else {
-                Some(huawei_ims_endpoint(huawei_region().map_err(|_| {
-                    invalid(
-                        "region_name (a Huawei Cloud region id like ap-southeast-1) or image_endpoint_override is needed with auth_type aksk",
-                    )
-                })?))
+                let region = region_name
+                    .as_deref()
+                    .filter(|r| is_huawei_region(r))
+                    .ok_or_else(|| {
+                        invalid(
+                            "region_name (a Huawei Cloud region id like ap-southeast-1) or image_endpoint_override is needed with auth_type aksk",
+                        )
+                    })?;
+                Some(huawei_ims_endpoint(region))
             };
             let auth = Auth::AkSk(AkSk {
                 access_key,
@@ -755,10 +746,18 @@ clouds:
         .expect("valid");
         assert_eq!(c.fixed_image_endpoint(), None);
         assert_eq!(c.dialect, Dialect::Huawei);
+        // A region name that is no Huawei region id (Huawei Cloud Stack,
+        // or worse) builds no URL: the entry must give auth_url, and the
+        // catalog gives the endpoint.
         assert!(
             problem("profile: huaweicloud\nregion_name: 'evil.example/x#'\nauth:\n  username: u\n  password: pw\n  user_domain_name: a")
-                .contains("region_name is not a Huawei Cloud region id"),
+                .contains("auth.auth_url is missing"),
         );
+        let c = entry(
+            "profile: huaweicloud\nregion_name: RegionOne\nauth:\n  auth_url: https://iam.hcs.example/v3\n  username: u\n  password: pw\n  domain_name: a\n  project_name: p",
+        )
+        .expect("valid");
+        assert_eq!(c.fixed_image_endpoint(), None);
     }
 
     #[test]
@@ -899,6 +898,53 @@ clouds:
         ] {
             let got = problem(body);
             assert!(got.contains(want), "{body}: {got}");
+        }
+    }
+
+    /// The Secrets in `deploy/examples/` parse as documented.
+    #[test]
+    fn the_example_secrets_parse() {
+        let examples = [
+            (
+                include_str!("../../deploy/examples/openstack-creds.yaml"),
+                "mycloud",
+                "password",
+            ),
+            (
+                include_str!("../../deploy/examples/openstack-appcred-creds.yaml"),
+                "mycloud",
+                "v3applicationcredential",
+            ),
+            (
+                include_str!("../../deploy/examples/huawei-creds.yaml"),
+                "hwcloud",
+                "password",
+            ),
+            (
+                include_str!("../../deploy/examples/huawei-aksk-creds.yaml"),
+                "hwcloud",
+                "aksk",
+            ),
+            (
+                include_str!("../../deploy/examples/huawei-temporary-aksk-creds.yaml"),
+                "hwcloud",
+                "aksk",
+            ),
+        ];
+        for (text, cloud, kind) in examples {
+            let secret: serde_yaml::Value = serde_yaml::from_str(text).expect("yaml");
+            let clouds = secret["stringData"]["clouds.yaml"]
+                .as_str()
+                .expect("stringData.clouds.yaml");
+            let c = parse(clouds, cloud, None).expect("the example parses");
+            assert_eq!(c.auth.kind(), kind);
+            if cloud == "hwcloud" {
+                assert_eq!(c.dialect, Dialect::Huawei);
+                assert_eq!(
+                    c.fixed_image_endpoint(),
+                    Some("https://ims.ap-southeast-1.myhuaweicloud.com")
+                );
+            }
         }
     }
 

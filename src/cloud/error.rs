@@ -22,9 +22,9 @@ pub const MAX_ERROR_MESSAGE_CHARS: usize = 1024;
 pub enum ErrorKind {
     /// The image is protected in the cloud (Glance 403 "protected", IMS IMG.0028).
     Protected,
-    /// The image is busy (Glance 409, IMS IMG.0090).
+    /// The image is busy (Glance 409, IMS IMG.0090/0148).
     InUse,
-    /// The credentials may not delete this image (403, IMS IMG.0092/0094).
+    /// The credentials may not delete this image (403, IMS IMG.0092/0047/0106/0094/0026).
     Forbidden,
     /// Authentication failed (401 after one fresh token, or the token request refused).
     AuthFailed,
@@ -84,8 +84,10 @@ impl ErrorKind {
 }
 
 /// A failed cloud call: its class, a message for people, and what the cloud
-/// said about it. The message never contains tokens or passwords, nor any
-/// address the operator connected to.
+/// said about it. The message never contains tokens, passwords, secret
+/// keys or signatures, nor any address the operator connected to (an
+/// untrusted TLS certificate names the configured host, see
+/// [`transport_error`]).
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[error("{}: {message}", kind.reason())]
 pub struct CloudError {

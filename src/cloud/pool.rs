@@ -134,21 +134,52 @@ impl ClientPool {
             cloud_name: key.cloud_name.clone(),
         };
         let fingerprint = cfg.fingerprint();
-        {
-            let mut map = self.lock();
-            if let Some(e) = map.get_mut(&slot)
-                && e.version == key.secret_version
-                && e.fingerprint == fingerprint
-                && now.saturating_duration_since(e.last_used) <= self.ttl
-            {
-                e.last_used = now;
-                return Ok(e.client.clone());
-            }
+        if let Some(current) = self.current(&mut self.lock(), &slot, key, fingerprint, now) {
+            return Ok(current);
         }
         // Built without the lock held: parsing a CA bundle must not hold up
         // other teams' lookups.
         let client = Arc::new(HttpImageService::with_policy(cfg, self.egress.clone())?);
+        Ok(self.insert_or_current(slot, key, fingerprint, client, now))
+    }
+
+    /// The client in `slot` if it is for this version and configuration
+    /// and not expired (and marks it used).
+    fn current(
+        &self,
+        map: &mut HashMap<Slot, Entry>,
+        slot: &Slot,
+        key: &PoolKey,
+        fingerprint: [u8; 32],
+        now: Instant,
+    ) -> Option<Arc<HttpImageService>> {
+        let e = map.get_mut(slot)?;
+        if e.version == key.secret_version
+            && e.fingerprint == fingerprint
+            && now.saturating_duration_since(e.last_used) <= self.ttl
+        {
+            e.last_used = now;
+            return Some(e.client.clone());
+        }
+        None
+    }
+
+    /// Keeps `client` for `slot`, unless a caller that built one at the
+    /// same time put its own there first: then that one is returned, so
+    /// every caller shares one client, and so one token (N objects on a new
+    /// Secret ask Keystone once, not once per builder).
+    fn insert_or_current(
+        &self,
+        slot: Slot,
+        key: &PoolKey,
+        fingerprint: [u8; 32],
+        client: Arc<HttpImageService>,
+        now: Instant,
+    ) -> Arc<dyn ImageService> {
         let mut map = self.lock();
+        if let Some(current) = self.current(&mut map, &slot, key, fingerprint, now) {
+            return current;
+        }
         let ttl = self.ttl;
         map.retain(|_, e| now.saturating_duration_since(e.last_used) <= ttl);
         map.insert(
@@ -172,7 +203,7 @@ impl ClientPool {
                 None => break,
             }
         }
-        Ok(client)
+        client
     }
 }
 
@@ -226,6 +257,28 @@ mod tests {
         assert_eq!(pool.len(), 2, "the new version took the old one's place");
         pool.forget_secret("ns", "u1");
         assert!(pool.is_empty());
+    }
+
+    #[test]
+    fn callers_that_build_a_client_at_the_same_time_share_the_first_one() {
+        let pool = ClientPool::default();
+        let t = Instant::now();
+        let k = key("ns", "u1", "1");
+        let slot = || Slot {
+            namespace: "ns".into(),
+            secret_uid: "u1".into(),
+            cloud_name: "c".into(),
+        };
+        let fp = cfg("pw").fingerprint();
+        let built = |pw: &str| Arc::new(HttpImageService::new(cfg(pw)).expect("client"));
+        // Two callers missed the pool, each built a client; the second to
+        // insert gets the first one's.
+        let first = pool.insert_or_current(slot(), &k, fp, built("pw"), t);
+        let second = pool.insert_or_current(slot(), &k, fp, built("pw"), t);
+        assert!(same(&first, &second));
+        let got = pool.get_at(&k, cfg("pw"), t).expect("client");
+        assert!(same(&first, &got));
+        assert_eq!(pool.len(), 1);
     }
 
     #[test]

@@ -132,6 +132,16 @@ async fn gather(obj: &CloudImage, ctx: &Context, key: &str) -> Result<Facts, Err
         identity_problem,
         dry_run: ctx.settings.dry_run,
         accepted,
+        accepted_long_ago: prev
+            .deletion
+            .as_ref()
+            .and_then(|d| d.accepted_time.as_ref())
+            .is_some_and(|t| {
+                k8s_openapi::jiff::Timestamp::now()
+                    .duration_since(t.0)
+                    .as_secs_f64()
+                    >= ctx.settings.stall_after.as_secs_f64()
+            }),
         checks_since_accepted: if accepted {
             ctx.accepted.record(key)
         } else {
@@ -203,7 +213,10 @@ async fn held(
             .find(|c| c.type_ == DELETING)
             .map(|c| c.message.clone())
             .unwrap_or_default();
-        let warning = matches!(step, DeletionStep::Failed { .. });
+        let warning = matches!(
+            step,
+            DeletionStep::Failed { .. } | DeletionStep::Accepted { stalled: true, .. }
+        );
         tell(ctx, obj, warning, step.reason(), message).await;
     }
     kube_io::write_status(api, obj, &next)

@@ -44,6 +44,9 @@ pub struct Settings {
     pub resync: Duration,
     /// How often an IMS deletion that was accepted is checked for completion.
     pub accepted_poll: Duration,
+    /// An accepted deletion still visible after this long is reported as
+    /// `DeletionStalled` (polling goes on).
+    pub stall_after: Duration,
     pub backoff: BackoffConfig,
 }
 
@@ -53,6 +56,7 @@ impl Default for Settings {
             dry_run: false,
             resync: Duration::from_secs(300),
             accepted_poll: Duration::from_secs(3),
+            stall_after: Duration::from_secs(600),
             backoff: BackoffConfig::default(),
         }
     }

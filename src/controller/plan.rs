@@ -36,6 +36,8 @@ pub struct Facts {
     pub accepted: bool,
     /// GET checks since the acceptance, this one included (0 if not accepted).
     pub checks_since_accepted: u32,
+    /// The acceptance is older than `--deletion-stall-after`.
+    pub accepted_long_ago: bool,
     /// The operator saw the image in the cloud before.
     pub image_seen: bool,
 }
@@ -191,6 +193,7 @@ pub fn after_call(f: &Facts, answer: Answer) -> Outcome {
             Ok(Lookup::Found(info)) => Outcome::Hold(DeletionStep::Accepted {
                 image: Some(info),
                 attempted: false,
+                stalled: f.accepted_long_ago,
             }),
             Err(p) => failed(p, false),
         },
@@ -215,6 +218,7 @@ pub fn after_call(f: &Facts, answer: Answer) -> Outcome {
             Ok(Deletion::Accepted) => Outcome::Hold(DeletionStep::Accepted {
                 image: None,
                 attempted: true,
+                stalled: f.accepted_long_ago,
             }),
             Err(p) => failed(p, true),
         },
@@ -256,6 +260,7 @@ mod tests {
             dry_run: false,
             accepted: false,
             checks_since_accepted: 0,
+            accepted_long_ago: false,
             image_seen: true,
         }
     }
@@ -438,6 +443,18 @@ mod tests {
                 Some(Call::Delete),
                 Some(Answer::Deletion(Ok(Deletion::AlreadyGone))),
                 released(Reason::ImageAlreadyGone, false),
+            ),
+            row(
+                "4. accepted long ago and still listed: DeletionStalled, polling goes on",
+                Facts {
+                    accepted: true,
+                    checks_since_accepted: 3,
+                    accepted_long_ago: true,
+                    ..facts()
+                },
+                Some(Call::ConfirmGone),
+                Some(Answer::Lookup(Ok(Lookup::Found(info())))),
+                held(Reason::DeletionStalled, false),
             ),
             row(
                 "4. accepted: a failed check is held, not an attempt",

@@ -32,6 +32,7 @@ pub enum Reason {
     // Where a deletion stands while it is not finished.
     WaitingForFinalizers,
     DeletionAccepted,
+    DeletionStalled,
     DryRun,
     // How a deletion ended (Events when the finalizer is released).
     ImageDeleted,
@@ -65,6 +66,7 @@ impl Reason {
         Reason::WatchNotSynced,
         Reason::WaitingForFinalizers,
         Reason::DeletionAccepted,
+        Reason::DeletionStalled,
         Reason::DryRun,
         Reason::ImageDeleted,
         Reason::ImageAlreadyGone,
@@ -95,6 +97,7 @@ impl Reason {
             Reason::WatchNotSynced => "WatchNotSynced",
             Reason::WaitingForFinalizers => "WaitingForFinalizers",
             Reason::DeletionAccepted => "DeletionAccepted",
+            Reason::DeletionStalled => "DeletionStalled",
             Reason::DryRun => "DryRun",
             Reason::ImageDeleted => "ImageDeleted",
             Reason::ImageAlreadyGone => "ImageAlreadyGone",

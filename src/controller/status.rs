@@ -23,10 +23,12 @@ use crate::crd::{CloudImageStatus, DeletionError, DeletionProgress, ImageObserva
 pub enum DeletionStep {
     /// Other finalizers must go first.
     WaitingForFinalizers(Vec<String>),
-    /// IMS accepted the DELETE; the image is still visible.
+    /// IMS accepted the DELETE; the image is still visible. `stalled`
+    /// once it still is after `--deletion-stall-after` (polling goes on).
     Accepted {
         image: Option<ImageInfo>,
         attempted: bool,
+        stalled: bool,
     },
     /// `--dry-run`: the image would be deleted now.
     DryRun(Option<ImageInfo>),
@@ -38,6 +40,7 @@ impl DeletionStep {
     pub fn reason(&self) -> Reason {
         match self {
             DeletionStep::WaitingForFinalizers(_) => Reason::WaitingForFinalizers,
+            DeletionStep::Accepted { stalled: true, .. } => Reason::DeletionStalled,
             DeletionStep::Accepted { .. } => Reason::DeletionAccepted,
             DeletionStep::DryRun(_) => Reason::DryRun,
             DeletionStep::Failed { problem, .. } => problem.reason,
@@ -49,6 +52,7 @@ impl DeletionStep {
     /// needs one; `--dry-run`, which never deletes until it is turned off).
     pub fn progress(&self) -> Progress {
         match self {
+            DeletionStep::Accepted { stalled: true, .. } => Progress::Stalled,
             DeletionStep::WaitingForFinalizers(_) | DeletionStep::Accepted { .. } => {
                 Progress::Reconciling
             }
@@ -200,6 +204,14 @@ pub fn deleting_status(
                 others.join(", ")
             )
         }
+        DeletionStep::Accepted { stalled: true, .. } => format!(
+            "the cloud accepted the deletion of image {image_id}, but still lists it long after (since {}); the operator keeps checking and sends the DELETE again from time to time. Look at the image in the cloud",
+            progress
+                .accepted_time
+                .as_ref()
+                .map(|t| t.0.to_string())
+                .unwrap_or_default()
+        ),
         DeletionStep::Accepted { .. } => format!(
             "the cloud accepted the deletion of image {image_id}; waiting until it no longer lists it"
         ),
@@ -477,12 +489,15 @@ mod tests {
         s.conditions.iter().find(|c| c.type_ == type_)
     }
 
-    /// (Stalled, Reconciling) as (reason, message) pairs, for short asserts.
-    fn pair(s: &CloudImageStatus) -> (Option<(&str, &str)>, Option<(&str, &str)>) {
+    /// A condition present and True, as (reason, message).
+    type Said<'a> = Option<(&'a str, &'a str)>;
+
+    /// (Stalled, Reconciling), for short asserts.
+    fn pair(s: &CloudImageStatus) -> (Said<'_>, Said<'_>) {
         (true_pair(s, STALLED), true_pair(s, RECONCILING))
     }
 
-    fn true_pair<'a>(s: &'a CloudImageStatus, type_: &str) -> Option<(&'a str, &'a str)> {
+    fn true_pair<'a>(s: &'a CloudImageStatus, type_: &str) -> Said<'a> {
         cond(s, type_).map(|c| {
             assert_eq!(c.status, "True", "{type_} is present only while True");
             (c.reason.as_str(), c.message.as_str())
@@ -692,6 +707,7 @@ mod tests {
                 DeletionStep::Accepted {
                     image: None,
                     attempted: true,
+                    stalled: false,
                 },
                 (None, Some("DeletionAccepted")),
             ),
@@ -753,6 +769,7 @@ mod tests {
             &DeletionStep::Accepted {
                 image: None,
                 attempted: true,
+                stalled: false,
             },
             at(1),
         );

@@ -123,13 +123,14 @@ sweep_leftovers() { # STATE_DIR
 }
 
 # start_service STATE_DIR NAME WORKDIR CMD...: runs CMD in the background with
-# cwd WORKDIR (inside STATE_DIR), stdin from /dev/null, output to the log.
+# cwd WORKDIR (inside STATE_DIR), stdin from /dev/null, output to the log
+# (started afresh, or appended to with START_APPEND_LOG=1, for a restart).
 start_service() {
   local dir="$1" name="$2" wd="$3"
   shift 3
   mkdir -p "$dir/logs" "$dir/pids" "$wd"
   local logf="$dir/logs/$name.log"
-  : >"$logf"
+  [[ "${START_APPEND_LOG:-0}" == 1 ]] || : >"$logf"
   # fd 9 is the state-dir lock: the service must not inherit it.
   ( cd "$wd" && exec "$@" ) </dev/null >>"$logf" 2>&1 9>&- &
   local pid=$!

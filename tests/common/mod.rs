@@ -3,6 +3,7 @@
 //! test, the operator as a real child process, and waits with deadlines.
 #![allow(dead_code)]
 
+pub mod fault_relay;
 pub mod gitops;
 pub mod glance;
 pub mod hostile;
