@@ -72,7 +72,6 @@ list_count() {
   jq '(.items | length) + (.metadata.remainingItemCount // 0)' <<<"$out"
 }
 
-list_rv() { kreq GET "$1?limit=1" | jq -r .metadata.resourceVersion; }
 
 # pcurl CONFIG: runs the transfers of a curl config (sections separated by
 # "next"), $CONCURRENCY at a time over kept-alive connections; each transfer
@@ -111,38 +110,89 @@ strip_finalizers() {
   rm -f "$cfg"
 }
 
-# --- watching a collection until N objects satisfy a jq predicate -------------
-
-# watch_start NAME PATH RV N PRED DEADLINE: in the background, follows a watch on
-# PATH from RV and writes the time at which N distinct objects have had an
-# event satisfying PRED (a jq expression on the event) to $WORK/NAME.done;
-# $WORK/NAME.progress holds the count so far.
+# --- watching a collection until N objects reach a state -----------------------
+#
+# watch_start NAME PATH N PRED DEADLINE: one LIST now (so what happens next is
+# seen), then, in the background, a watch from that LIST's resourceVersion
+# that writes the time at which N objects of PATH satisfy PRED to
+# $WORK/NAME.done ($WORK/NAME.progress: the count so far). PRED is a jq
+# predicate on an object, or "gone" (N objects deleted). A watch the server
+# ends (a timeout, a restart of the API server, 410 Gone) is resumed from a
+# fresh LIST; restarts are logged to $WORK/NAME.restarts.
 watch_start() {
-  local name=$1 path=$2 rv=$3 n=$4 pred=$5 deadline=$6 fifo="$WORK/$1.fifo"
-  rm -f "$fifo" "$WORK/$name.done" "$WORK/$name.progress"
-  mkfifo "$fifo"
-  kcurl -N --max-time "$deadline" "$KUBE_APISERVER_URL$path?watch=1&resourceVersion=$rv" >"$fifo" 2>"$WORK/$name.curl.err" &
-  local cpid=$!
-  PIDS+=("$cpid")
-  (
-    jq --unbuffered -rn --argjson n "$n" "label \$out
-      | foreach inputs as \$e ({s: {}, c: 0, new: false};
-          if \$e.type == \"ERROR\" then error(\"watch: \(\$e.object.message)\")
-          elif (\$e | $pred) and (.s[\$e.object.metadata.name] | not) then .s[\$e.object.metadata.name] = true | .c += 1 | .new = true
+  local name=$1 path=$2 n=$3 pred=$4 deadline=$5
+  rm -f "$WORK/$name".{done,progress,restarts,rv,seed,base}
+  _watch_list "$name" "$path" "$n" "$pred" || die "cannot list $path"
+  local end=$((EPOCHSECONDS + deadline))
+  _watch_loop "$name" "$path" "$n" "$pred" "$end" &
+  track_pid "$!"
+  WATCHER_PID=$!
+}
+
+# _watch_list NAME PATH N PRED: the LIST a watch starts from: its
+# resourceVersion, the names already done (PRED) and their count.
+_watch_list() {
+  local name=$1 path=$2 n=$3 pred=$4 out
+  out="$(kreq GET "$path")" || return 1
+  jq -r .metadata.resourceVersion <<<"$out" >"$WORK/$name.rv"
+  if [[ "$pred" == gone ]]; then
+    echo '[]' >"$WORK/$name.seed"
+    jq --argjson n "$n" '$n - (.items | length)' <<<"$out" >"$WORK/$name.base"
+  else
+    jq -c "[.items[] | select($pred) | .metadata.name]" <<<"$out" >"$WORK/$name.seed"
+    jq length "$WORK/$name.seed" >"$WORK/$name.base"
+  fi
+}
+
+_watch_loop() {
+  local name=$1 path=$2 n=$3 pred=$4 end=$5 fifo="$WORK/$1.fifo" match
+  if [[ "$pred" == gone ]]; then
+    match="\$e.type == \"DELETED\""
+  else
+    match="\$e.type != \"DELETED\" and (\$e.object | $pred)"
+  fi
+  while :; do
+    local t_list base
+    t_list="$(now)"
+    base="$(cat "$WORK/$name.base")"
+    if ((base >= n)); then
+      echo "$t_list" >"$WORK/$name.done"
+      return
+    fi
+    rm -f "$fifo"
+    mkfifo "$fifo"
+    # curl itself, not a function in a subshell: $! is the process to stop.
+    curl -sS --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" -N --max-time $((end - EPOCHSECONDS + 1)) \
+      "$KUBE_APISERVER_URL$path?watch=1&resourceVersion=$(cat "$WORK/$name.rv")" >"$fifo" 2>>"$WORK/$name.curl.err" &
+    local cpid=$!
+    echo "$cpid" >"$WORK/$name.curlpid"
+    start_time "$cpid" >"$WORK/pid.$cpid"
+    jq --unbuffered -rn --argjson n "$n" --argjson base "$base" --slurpfile seed "$WORK/$name.seed" "label \$out
+      | foreach inputs as \$e ({s: (\$seed[0] | map({key: ., value: true}) | from_entries), c: \$base, new: false, err: false};
+          if \$e.type == \"ERROR\" then .err = true
+          elif ($match) and (.s[\$e.object.metadata.name] | not) then .s[\$e.object.metadata.name] = true | .c += 1 | .new = true
           else .new = false end;
-          if .new then .c else empty end)
-      | if . >= \$n then (\"done\", break \$out) elif . % 50 == 0 then . else empty end" <"$fifo" 2>"$WORK/$name.jq.err" |
+          if .err then \"restart\" elif .new then .c else empty end)
+      | if . == \"restart\" then (., break \$out) elif . >= \$n then (\"done\", break \$out) elif . % 50 == 0 then . else empty end" \
+      <"$fifo" 2>>"$WORK/$name.jq.err" |
       while read -r c; do
-        if [[ $c == "done" ]]; then
-          now >"$WORK/$name.done"
-          break
-        fi
-        printf '%s\n' "$c" >"$WORK/$name.progress"
+        case "$c" in
+          done) now >"$WORK/$name.done"; break ;;
+          restart) break ;;
+          *) printf '%s\n' "$c" >"$WORK/$name.progress" ;;
+        esac
       done
     kill "$cpid" 2>/dev/null || true
-  ) &
-  PIDS+=("$!")
-  WATCHER_PID=$!
+    wait "$cpid" 2>/dev/null || true
+    [[ -s "$WORK/$name.done" ]] && return
+    ((EPOCHSECONDS < end)) || return
+    echo "$(date -u +%T) watch ended ($(tail -1 "$WORK/$name.curl.err" 2>/dev/null)); resuming from a new LIST" >>"$WORK/$name.restarts"
+    sleep 1
+    until _watch_list "$name" "$path" "$n" "$pred"; do
+      ((EPOCHSECONDS < end)) || return
+      sleep 2
+    done
+  done
 }
 
 # watch_wait NAME DEADLINE WHAT: waits for watch NAME; echoes its completion time.
@@ -150,7 +200,7 @@ watch_wait() {
   local name=$1 deadline=$2 what=$3 t0=$EPOCHREALTIME last=0
   while [[ ! -s "$WORK/$name.done" ]]; do
     if ! kill -0 "$WATCHER_PID" 2>/dev/null && [[ ! -s "$WORK/$name.done" ]]; then
-      die "the watch for $what ended early at $(cat "$WORK/$name.progress" 2>/dev/null || echo 0): $(cat "$WORK/$name.curl.err" "$WORK/$name.jq.err" 2>/dev/null)"
+      die "the watch for $what ended at $(cat "$WORK/$name.progress" 2>/dev/null || echo 0): $(cat "$WORK/$name.curl.err" "$WORK/$name.jq.err" "$WORK/$name.restarts" 2>/dev/null)"
     fi
     local e
     e="$(elapsed "$t0")"
@@ -163,7 +213,15 @@ watch_wait() {
     fi
     sleep 0.05
   done
+  [[ -s "$WORK/$name.restarts" ]] && log "  (the watch for $what was resumed: $(wc -l <"$WORK/$name.restarts") times)"
   cat "$WORK/$name.done"
+}
+
+# apiserver_alive: the API server the run started with still runs (a
+# restart resets its counters: the run's numbers would be wrong).
+apiserver_alive() {
+  kill -0 "$KUBE_APISERVER_PID" 2>/dev/null ||
+    die "the test environment's kube-apiserver (PID $KUBE_APISERVER_PID) was restarted during the run: its counters restarted too; run again"
 }
 
 # --- the identity the operators run as, and exact per-verb request counts -----
@@ -292,10 +350,24 @@ proc_stats() {
   echo "$rss $hwm $cpu"
 }
 
-# stop_pid PID [GRACE]: SIGTERM, then SIGKILL after GRACE seconds.
+# start_time PID: the process's start time (clock ticks since boot), which
+# tells it apart from a later process that got the same PID.
+start_time() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $20}'; }
+
+# track_pid PID: remembers a process this run started (and when it started).
+track_pid() {
+  PIDS+=("$1")
+  start_time "$1" >"$WORK/pid.$1"
+}
+
+# stop_pid PID [GRACE]: SIGTERM, then SIGKILL after GRACE seconds; only if
+# PID is still the process this run started (same start time).
 stop_pid() {
   local pid=$1 grace=${2:-10} i
   kill -0 "$pid" 2>/dev/null || return 0
+  if [[ -f "$WORK/pid.$pid" && "$(start_time "$pid")" != "$(cat "$WORK/pid.$pid")" ]]; then
+    return 0
+  fi
   kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < grace * 10; i++)); do
     kill -0 "$pid" 2>/dev/null || return 0
@@ -341,7 +413,7 @@ start_relay() {
   local ports="$WORK/relay.ports"
   python3 "$BENCH_DIR/relay.py" --keystone "${KEYSTONE_URL%/v3}" --glance "$GLANCE_URL" --ports-file "$ports" \
     --timeline "$WORK/relay.timeline" >"$WORK/relay.log" 2>&1 &
-  PIDS+=("$!")
+  track_pid "$!"
   RELAY_PID=$!
   local deadline=$((SECONDS + 20))
   until [[ -s "$ports" ]]; do
@@ -456,7 +528,7 @@ start_operator() {
   env -u KUBECONFIG "$OPERATOR_BIN" --kubeconfig "$SA_KUBECONFIG" --namespace "$1" \
     --health-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 ${OPERATOR_FLAGS:-} >"$2" 2>&1 &
   OP_PID=$!
-  PIDS+=("$OP_PID")
+  track_pid "$OP_PID"
 }
 
 # operator_metrics LOG: the operator's /metrics (address from its log).
@@ -473,40 +545,29 @@ cleanup() {
   trap - EXIT INT TERM
   set +e
   log "cleaning up"
-  local ns
-  for ns in "${NAMESPACES[@]}"; do
-    # Objects first, while their operator may still be running; then, if any
-    # are left (operator gone), strip their finalizers.
-    kreq DELETE "/apis/cloudimage.dev/v1alpha1/namespaces/$ns/cloudimages" '{}' >/dev/null 2>&1
-    kreq DELETE "/apis/openstack.k-orc.cloud/v1alpha1/namespaces/$ns/images" '{}' >/dev/null 2>&1
-  done
-  local deadline=$((SECONDS + 30))
-  for ns in "${NAMESPACES[@]}"; do
-    local a b
-    while ((SECONDS < deadline)); do
-      a="$(list_count "/apis/cloudimage.dev/v1alpha1/namespaces/$ns/cloudimages")" || a=0
-      b="$(list_count "/apis/openstack.k-orc.cloud/v1alpha1/namespaces/$ns/images")" || b=0
-      [[ "$a" == 0 && "$b" == 0 ]] && break
-      sleep 0.5
-    done
-  done
-  for ns in "${NAMESPACES[@]}"; do
-    kreq DELETE "/api/v1/namespaces/$ns" >/dev/null 2>&1
-  done
-  sleep 2
-  local pid
+  # Processes first (operators, watches, the HTTP server); the relay last.
+  local pid ns f
   for pid in "${PIDS[@]}"; do
     [[ "$pid" == "${RELAY_PID:-}" ]] || stop_pid "$pid" 5
   done
+  for f in "$WORK"/*.curlpid; do
+    [[ -s "$f" ]] && stop_pid "$(cat "$f")" 2
+  done
+  # Whatever is left in this run's namespaces: the images ORC created (by
+  # their ids), then every finalizer, then the namespace.
   for ns in "${NAMESPACES[@]}"; do
+    f="$WORK/leftover-orc-$ns.ids"
+    kreq GET "/apis/openstack.k-orc.cloud/v1alpha1/namespaces/$ns/images" 2>/dev/null |
+      jq -r '.items[]?.status.id // empty' >"$f" 2>/dev/null
+    [[ -s "$f" ]] && IMAGE_FILES+=("$f")
     strip_finalizers "/apis/cloudimage.dev/v1alpha1/namespaces/$ns/cloudimages"
     strip_finalizers "/apis/openstack.k-orc.cloud/v1alpha1/namespaces/$ns/images"
     strip_finalizers "/api/v1/namespaces/$ns/secrets"
+    kreq DELETE "/api/v1/namespaces/$ns" >/dev/null 2>&1
   done
   kreq DELETE "/apis/flowcontrol.apiserver.k8s.io/v1/flowschemas?labelSelector=cloudimage.dev/bench%3D$RUN" >/dev/null 2>&1
   kreq DELETE "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/cloudimage-bench-$RUN" >/dev/null 2>&1
-  # Whatever images this run created and nobody deleted: straight to Glance.
-  local f
+  # Images this run created that may still exist: straight to Glance.
   for f in "${IMAGE_FILES[@]}"; do
     [[ -s "$f" ]] && glance_codes "$f" DELETE >/dev/null 2>&1
   done

@@ -93,9 +93,8 @@ add_row() {
 # gone and every image to answer 404; sets DRAIN_S; the counters around it
 # (API, relay, process) go to $WORK/NAME.*.
 drain() {
-  local name=$1 path=$2 ids=$3 pid=$4 deadline=$((120 + N)) rv t0 t_gone t_404 t_end
-  rv="$(list_rv "$path")"
-  watch_start "$name-gone" "$path" "$rv" "$N" '.type == "DELETED"' $((deadline + 60))
+  local name=$1 path=$2 ids=$3 pid=$4 deadline=$((120 + N)) t0 t_gone t_404 t_end
+  watch_start "$name-gone" "$path" "$N" gone $((deadline + 60))
   api_snapshot "$WORK/$name.api.before"
   relay_counts "$WORK/$name.cloud.before"
   CPU_BEFORE="$(proc_stats "$pid" | awk '{print $3}')"
@@ -112,6 +111,7 @@ drain() {
   CPU_PRUNE="$(awk -v a="$CPU_BEFORE" -v b="$(awk '{print $3}' <<<"$STATS_END")" 'BEGIN{printf "%.2f", b-a}')"
   log "$name: drained in ${DRAIN_S}s (objects gone after $(elapsed "$t0" "$t_gone")s); RSS/HWM/CPU $STATS_END"
   sleep "$SETTLE"
+  apiserver_alive
   api_snapshot "$WORK/$name.api.after"
   relay_counts "$WORK/$name.cloud.after"
   api_diff "$WORK/$name.api.before" "$WORK/$name.api.after" >"$WORK/$name.api.diff"
@@ -158,7 +158,7 @@ phase_floor() {
 }
 
 phase_operator() {
-  local ns="cib-$RUN-op" ids="$WORK/operator.ids" path objs="$WORK/operator.objects.jsonl" rv t_start t_ready
+  local ns="cib-$RUN-op" ids="$WORK/operator.ids" path objs="$WORK/operator.objects.jsonl" t_start t_ready
   path="/apis/cloudimage.dev/v1alpha1/namespaces/$ns/cloudimages"
   kubectl_ apply --server-side --force-conflicts -f "$REPO/crds/cloudimage.dev_cloudimages.yaml" >/dev/null
   make_namespace "$ns"
@@ -170,8 +170,7 @@ phase_operator() {
      metadata: {name: ("img-\(.key)")},
      spec: {imageId: .value, cloudRef: {secretName: "creds", cloudName: "bench"}}}' "$ids" >"$objs"
   post_many "$path" "$objs"
-  rv="$(list_rv "$path")"
-  watch_start operator-ready "$path" "$rv" "$N" '.type != "DELETED" and ((.object.status.conditions // []) | any(.type == "Ready" and .status == "True"))' $((300 + N))
+  watch_start operator-ready "$path" "$N" '(.status.conditions // []) | any(.type == "Ready" and .status == "True")' $((300 + N))
   log "operator: starting $OPERATOR_BIN ($OPERATOR_VERSION) for $ns"
   t_start="$(now)"
   start_operator "$ns" "$WORK/operator.log"
@@ -191,7 +190,7 @@ phase_operator() {
 }
 
 phase_orc() {
-  local ns="cib-$RUN-orc" ids="$WORK/orc.ids" path objs="$WORK/orc.objects.jsonl" rv t_start t_ready www="$WORK/www" port sha
+  local ns="cib-$RUN-orc" ids="$WORK/orc.ids" path objs="$WORK/orc.objects.jsonl" t_start t_ready www="$WORK/www" port sha
   path="/apis/openstack.k-orc.cloud/v1alpha1/namespaces/$ns/images"
   [[ -d "$ORC_CRDS" ]] || die "ORC's CRDs not found in $ORC_CRDS (testenv/build-tools.sh orc downloads the module)"
   log "orc: installing its $(find "$ORC_CRDS" -name '*.yaml' | wc -l) CRDs"
@@ -204,7 +203,7 @@ phase_orc() {
   cp "$WORK/image-4k.bin" "$www/image.raw"
   sha="$(sha256sum "$www/image.raw" | cut -d' ' -f1)"
   python3 -u -m http.server 0 --bind 127.0.0.1 --directory "$www" >"$WORK/http.log" 2>&1 &
-  PIDS+=("$!")
+  track_pid "$!"
   local deadline=$((SECONDS + 20))
   until port="$(grep -o 'port [0-9]*' "$WORK/http.log" | head -1 | cut -d' ' -f2)" && [[ -n "$port" ]]; do
     ((SECONDS < deadline)) || die "the HTTP server did not start: $(cat "$WORK/http.log")"
@@ -218,14 +217,13 @@ phase_orc() {
                                  download: {url: $url, hash: {algorithm: "sha256", value: $sha}}}}}}' >"$objs"
   log "orc: creating $N Images"
   post_many "$path" "$objs"
-  rv="$(list_rv "$path")"
-  watch_start orc-ready "$path" "$rv" "$N" '.type != "DELETED" and ((.object.status.conditions // []) | any(.type == "Available" and .status == "True"))' $((600 + 3 * N))
+  watch_start orc-ready "$path" "$N" '(.status.conditions // []) | any(.type == "Available" and .status == "True")' $((600 + 3 * N))
   log "orc: starting $ORC_BIN for $ns"
   t_start="$(now)"
   env -u KUBECONFIG "$ORC_BIN" --kubeconfig "$SA_KUBECONFIG" --namespace "$ns" \
     --metrics-bind-address=0 --health-probe-bind-address=0 --leader-elect=false >"$WORK/orc.log" 2>&1 &
   local orc_pid=$!
-  PIDS+=("$orc_pid")
+  track_pid "$orc_pid"
   t_ready="$(watch_wait orc-ready $((540 + 3 * N)) "orc: every Image Available")"
   local ready_s
   ready_s="$(elapsed "$t_start" "$t_ready")"

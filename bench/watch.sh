@@ -52,8 +52,7 @@ post_many "$path" "$WORK/watch.objects.jsonl"
 create_s="$(elapsed "$t0")"
 log "created $N in ${create_s}s"
 
-rv="$(list_rv "$path")"
-watch_start watch-ready "$path" "$rv" "$N" '.type != "DELETED" and ((.object.status.conditions // []) | any(.type == "Ready"))' $((600 + N / 5))
+watch_start watch-ready "$path" "$N" '(.status.conditions // []) | any(.type == "Ready")' $((600 + N / 5))
 api_snapshot "$WORK/watch.api.before"
 relay_counts "$WORK/watch.cloud.before"
 log "starting $OPERATOR_BIN ($OPERATOR_VERSION) for $ns"
@@ -64,6 +63,7 @@ stats="$(proc_stats "$OP_PID")"
 ready_s="$(elapsed "$t_start" "$t_ready")"
 log "all $N reconciled ${ready_s}s after start; RSS/HWM/CPU $stats"
 sleep "$SETTLE"
+apiserver_alive
 stats_settled="$(proc_stats "$OP_PID")"
 api_snapshot "$WORK/watch.api.after"
 relay_counts "$WORK/watch.cloud.after"
@@ -85,8 +85,7 @@ read -r rss2 hwm2 cpu2 <<<"$stats_settled"
 kib_per_obj="$(awk -v r="$rss" -v n="$N" 'BEGIN{printf "%.1f", r * 1024 / n}')"
 
 log "deleting all $N (operator running: each lookup answers 404, finalizer released)"
-rv="$(list_rv "$path")"
-watch_start watch-gone "$path" "$rv" "$N" '.type == "DELETED"' $((660 + N / 5))
+watch_start watch-gone "$path" "$N" gone $((660 + N / 5))
 t0="$(now)"
 deletecollection "$path"
 t_gone="$(watch_wait watch-gone $((600 + N / 5)) "every CloudImage gone")"
