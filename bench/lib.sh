@@ -96,8 +96,28 @@ post_many() {
   ((bad == 0)) || die "$bad of $(wc -l <"$file") creates under $path were not answered 201: $(sort <<<"$codes" | uniq -c | tr '\n' ' ')"
 }
 
-# deletecollection PATH: marks every object of the collection deleted (one request).
-deletecollection() { kreq DELETE "$1" '{"propagationPolicy":"Background"}' >/dev/null; }
+# delete_all PATH: marks every object of the collection deleted, in one
+# request (DELETE of the collection). The API server deletes a collection
+# one object after another within its 60 s request timeout: when that is not
+# enough (thousands of objects on a busy machine), the objects not yet
+# marked are deleted one by one, $CONCURRENCY at a time. DELETE_HOW says
+# which way it went.
+delete_all() {
+  local path=$1 out cfg codes
+  if kreq DELETE "$path" '{"propagationPolicy":"Background"}' >/dev/null 2>"$WORK/deletecollection.err"; then
+    DELETE_HOW="one DELETE of the collection"
+    return
+  fi
+  log "DELETE of the collection failed ($(tr -d '\n' <"$WORK/deletecollection.err" | cut -c1-200)); deleting the rest one by one"
+  out="$(kreq GET "$path")" || die "cannot list $path"
+  cfg="$(mktemp "$WORK/delete.XXXX.cfg")"
+  jq -r --arg url "$KUBE_APISERVER_URL$path" --arg pki "$PKI" '.items[] | select(.metadata.deletionTimestamp | not) |
+    "url = \"\($url)/\(.metadata.name)\"\nrequest = \"DELETE\"\ncacert = \"\($pki)/ca.crt\"\ncert = \"\($pki)/admin.crt\"\nkey = \"\($pki)/admin.key\"\noutput = \"/dev/null\"\nwrite-out = \"%{http_code}\\n\"\nnext"' <<<"$out" >"$cfg"
+  codes=""
+  [[ -s "$cfg" ]] && codes="$(pcurl "$cfg")"
+  rm -f "$cfg"
+  DELETE_HOW="DELETE of the collection (timed out), then $(grep -c '^200$' <<<"$codes" || true) single DELETEs"
+}
 
 # strip_finalizers PATH: removes the finalizers of every object in a collection.
 strip_finalizers() {
@@ -349,6 +369,29 @@ proc_stats() {
   cpu="$(sed 's/^.*) //' "/proc/$pid/stat" | awk -v t="$CLK_TCK" '{printf "%.2f", ($12 + $13) / t}')"
   echo "$rss $hwm $cpu"
 }
+
+# proc_cpu PID [CHILDREN]: CPU seconds (user + system) of a process, with
+# CHILDREN=1 those of its reaped children too.
+proc_cpu() {
+  sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null |
+    awk -v t="$CLK_TCK" -v c="${2:-0}" '{printf "%.2f\n", ($12 + $13 + (c ? $14 + $15 : 0)) / t}'
+}
+
+# infra_cpu: "KUBE_ETCD GLANCE" CPU seconds so far: kube-apiserver + etcd of
+# the test environment, and Glance (its gunicorn master with reaped workers,
+# plus the live workers).
+infra_cpu() {
+  local k g p
+  k="$(awk -v a="$(proc_cpu "$KUBE_APISERVER_PID")" -v b="$(proc_cpu "$ETCD_PID")" 'BEGIN{printf "%.2f", a + b}')"
+  g="$(proc_cpu "$GLANCE_PID" 1)"
+  for p in $(pgrep -P "$GLANCE_PID"); do
+    g="$(awk -v a="$g" -v b="$(proc_cpu "$p")" 'BEGIN{printf "%.2f", a + b}')"
+  done
+  echo "$k $g"
+}
+
+# infra_diff BEFORE AFTER: "KUBE_ETCD_S GLANCE_S" spent between two infra_cpu.
+infra_diff() { awk -v a="$1" -v b="$2" 'BEGIN{split(a, x, " "); split(b, y, " "); printf "%.1f / %.1f", y[1] - x[1], y[2] - x[2]}'; }
 
 # start_time PID: the process's start time (clock ticks since boot), which
 # tells it apart from a later process that got the same PID.

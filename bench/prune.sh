@@ -67,7 +67,7 @@ ROWS=()      # markdown table rows
 DETAILS=()   # the full counts, printed after the table
 FLOOR_S=""
 
-# add_row NAME DRAIN READY STATS_END CPU_PRUNE APIDIFF CLOUDDIFF INFLIGHT
+# add_row NAME DRAIN READY STATS_END CPU_PRUNE APIDIFF CLOUDDIFF INFLIGHT INFRA
 add_row() {
   local name=$1 drain=$2 ready=$3 stats=$4 cpu_prune=$5 api=$6 cloud=$7 ratio="—" rss="—" cpu="—" apis="—" writes="—" calls flight="n/a"
   local fn fms fin
@@ -86,7 +86,7 @@ add_row() {
   fi
   calls="$(cloud_total "$cloud" "$N")"
   [[ "$calls" == n/a ]] || calls="$calls ($(cloud_summary "$cloud" "$N"))"
-  ROWS+=("| $name | $N | $drain | $ratio | $ready | $rss | $cpu | $writes | $apis | $calls | $flight |")
+  ROWS+=("| $name | $N | $drain | $ratio | $ready | $rss | $cpu | $writes | $apis | $calls | $flight | $9 |")
 }
 
 # drain NAME PATH IDS: deletes the collection, waits for every object to be
@@ -100,9 +100,12 @@ drain() {
   CPU_BEFORE="$(proc_stats "$pid" | awk '{print $3}')"
   LOG_LINES_BEFORE="$(grep -c 'cloud answered' "$WORK/$name.log" || true)"
   log "$name: deleting all $N objects at once"
+  local infra0
+  infra0="$(infra_cpu)"
   t0="$(now)"
-  deletecollection "$path"
+  delete_all "$path"
   t_gone="$(watch_wait "$name-gone" "$deadline" "$name: every object gone")"
+  INFRA="$(infra_diff "$infra0" "$(infra_cpu)")"
   t_404="$(wait_images_404 "$ids" 120)"
   t_end="$(awk -v a="$t_gone" -v b="$t_404" 'BEGIN{print (a > b ? a : b)}')"
   DRAIN_S="$(elapsed "$t0" "$t_end")"
@@ -117,7 +120,7 @@ drain() {
   api_diff "$WORK/$name.api.before" "$WORK/$name.api.after" >"$WORK/$name.api.diff"
   api_diff_all "$WORK/$name.api.before" "$WORK/$name.api.after" >"$WORK/$name.api.all.diff"
   relay_diff "$WORK/$name.cloud.before" "$WORK/$name.cloud.after" >"$WORK/$name.cloud.diff"
-  DETAILS+=("### $name, N=$N: drain ${DRAIN_S}s"
+  DETAILS+=("### $name, N=$N: drain ${DRAIN_S}s (deleted with $DELETE_HOW)"
     "API requests of the operator during the prune (verb resource count):" "$(sed 's/^/    /' "$WORK/$name.api.diff")"
     "apiserver_request_total for those resources, everyone (cross-check; includes the bench's own watch and delete and any other client):" "$(sed 's/^/    /' "$WORK/$name.api.all.diff")"
     "Cloud calls during the prune (service method path status count):" "$(sed 's/^/    /' "$WORK/$name.cloud.diff")")
@@ -144,9 +147,12 @@ phase_floor() {
   glance_create "$N" "$ids"
   relay_counts "$WORK/floor.cloud.before"
   log "floor: $N DELETEs straight to Glance, $CONCURRENCY at a time"
+  local infra0
+  infra0="$(infra_cpu)"
   t0="$(now)"
   codes="$(glance_codes "$ids" DELETE "$RELAY_GLANCE")"
   t1="$(now)"
+  INFRA="$(infra_diff "$infra0" "$(infra_cpu)")"
   relay_counts "$WORK/floor.cloud.after"
   [[ "$(awk '$1 == "204"' <<<"$codes" | wc -l)" == "$N" ]] || die "floor: not every DELETE answered 204: $(awk '{print $1}' <<<"$codes" | sort | uniq -c | tr '\n' ' ')"
   wait_images_404 "$ids" 60 >/dev/null
@@ -154,7 +160,7 @@ phase_floor() {
   INFLIGHT="$(inflight "$t0" "$t1")"
   log "floor: ${FLOOR_S}s"
   relay_diff "$WORK/floor.cloud.before" "$WORK/floor.cloud.after" >"$WORK/floor.cloud.diff"
-  add_row "floor: $N DELETEs straight to Glance, $CONCURRENCY workers" "$FLOOR_S" "—" "" "" "" "$WORK/floor.cloud.diff" "$INFLIGHT"
+  add_row "floor: $N DELETEs straight to Glance, $CONCURRENCY workers" "$FLOOR_S" "—" "" "" "" "$WORK/floor.cloud.diff" "$INFLIGHT" "$INFRA"
 }
 
 phase_operator() {
@@ -185,7 +191,7 @@ phase_operator() {
   answered="$(grep -c 'cloud answered' "$WORK/operator.log" || true)"
   DETAILS+=("Operator log: $((answered - LOG_LINES_BEFORE)) 'cloud answered' lines during the prune ($answered in all); its own counters at the end:"
     "$(grep -E '^cloudimage_(cloud_requests|secret_reads|images_deleted|reconciles)_total' "$WORK/operator.metrics" | sed 's/^/    /')")
-  add_row "this operator ($OPERATOR_VERSION, release, ${OPERATOR_FLAGS:-default flags})" "$DRAIN_S" "$ready_s" "$STATS_END" "$CPU_PRUNE" "$WORK/operator.api.diff" "$WORK/operator.cloud.diff" "$INFLIGHT"
+  add_row "this operator ($OPERATOR_VERSION, release, ${OPERATOR_FLAGS:-default flags})" "$DRAIN_S" "$ready_s" "$STATS_END" "$CPU_PRUNE" "$WORK/operator.api.diff" "$WORK/operator.cloud.diff" "$INFLIGHT" "$INFRA"
   stop_namespace "$ns" "$OP_PID"
 }
 
@@ -233,7 +239,7 @@ phase_orc() {
   [[ "$(wc -l <"$ids")" == "$N" ]] || die "orc: $(wc -l <"$ids") of $N Images have an image id"
   sleep "$SETTLE"
   drain orc "$path" "$ids" "$orc_pid"
-  add_row "ORC v2.6.0 (defaults)" "$DRAIN_S" "$ready_s" "$STATS_END" "$CPU_PRUNE" "$WORK/orc.api.diff" "$WORK/orc.cloud.diff" "$INFLIGHT"
+  add_row "ORC v2.6.0 (defaults)" "$DRAIN_S" "$ready_s" "$STATS_END" "$CPU_PRUNE" "$WORK/orc.api.diff" "$WORK/orc.cloud.diff" "$INFLIGHT" "$INFRA"
   # ORC holds the Secret with a finalizer until its Images are gone: Secret
   # first, while ORC runs, then the namespace.
   kreq DELETE "/api/v1/namespaces/$ns/secrets/creds" >/dev/null || true
@@ -250,8 +256,8 @@ has_phase orc && phase_orc
   echo
   echo "## Prune of N=$N, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
-  echo "| | N | seconds to drain | ratio to floor | seconds until all Ready/Available | RSS / HWM MiB (end) | CPU s (prune / total) | API writes per deletion | API requests per deletion (verb resource) | cloud calls per deletion | cloud calls in flight (mean) / ms per call |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| | N | seconds to drain | ratio to floor | seconds until all Ready/Available | RSS / HWM MiB (end) | CPU s (prune / total) | API writes per deletion | API requests per deletion (verb resource) | cloud calls per deletion | cloud calls in flight (mean) / ms per call | CPU s of kube-apiserver+etcd / Glance during the prune |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${ROWS[@]}"
   echo
   printf '%s\n' "${DETAILS[@]}"

@@ -84,21 +84,13 @@ read -r rss hwm cpu <<<"$stats"
 read -r rss2 hwm2 cpu2 <<<"$stats_settled"
 kib_per_obj="$(awk -v r="$rss" -v n="$N" 'BEGIN{printf "%.1f", r * 1024 / n}')"
 
-log "deleting all $N (operator running: each lookup answers 404, finalizer released)"
-watch_start watch-gone "$path" "$N" gone $((660 + N / 5))
-t0="$(now)"
-deletecollection "$path"
-t_gone="$(watch_wait watch-gone $((600 + N / 5)) "every CloudImage gone")"
-gone_s="$(elapsed "$t0" "$t_gone")"
-log "all gone ${gone_s}s after the delete"
-
 {
   echo
   echo "## Watch-only start-up, N=$N, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
-  echo "| N | seconds to create (bench) | seconds from start until every object reconciled once | VmRSS / VmHWM MiB then | RSS per object | RSS / HWM MiB ${SETTLE}s later | CPU s | API requests per object (verb resource) | cloud calls per object | peak Glance requests in one second | Glance calls in flight (mean) / ms per call | seconds to delete all (404s) |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
-  echo "| $N | $create_s | $ready_s | $rss / $hwm | $kib_per_obj KiB | $rss2 / $hwm2 | $cpu | $(per_deletion_summary "$WORK/watch.api.diff" "$N") | $(cloud_total "$WORK/watch.cloud.diff" "$N") ($(cloud_summary "$WORK/watch.cloud.diff" "$N")) | $peak | $fin / $fms ms | $gone_s |"
+  echo "| N | seconds to create (bench) | seconds from start until every object reconciled once | VmRSS / VmHWM MiB then | RSS per object | RSS / HWM MiB ${SETTLE}s later | CPU s | API requests per object (verb resource) | cloud calls per object | peak Glance requests in one second | Glance calls in flight (mean) / ms per call |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| $N | $create_s | $ready_s | $rss / $hwm | $kib_per_obj KiB | $rss2 / $hwm2 | $cpu | $(per_deletion_summary "$WORK/watch.api.diff" "$N") | $(cloud_total "$WORK/watch.cloud.diff" "$N") ($(cloud_summary "$WORK/watch.cloud.diff" "$N")) | $peak | $fin / $fms ms |"
   echo
   echo "Operator binary: $OPERATOR_VERSION, flags: ${OPERATOR_FLAGS:-default}. CPU s at the second reading: $cpu2."
   echo "API requests of the operator during start-up (verb resource count):"
@@ -108,3 +100,12 @@ log "all gone ${gone_s}s after the delete"
   echo "Operator counters at the end of start-up:"
   grep -E '^cloudimage_(cloud_requests|secret_reads|reconciles|objects_watched)' "$WORK/operator.metrics" | sed 's/^/    /' || true
 } | tee "$WORK/result.md"
+
+log "deleting all $N (operator running: each lookup answers 404, finalizer released)"
+watch_start watch-gone "$path" "$N" gone $((660 + N / 5))
+t0="$(now)"
+delete_all "$path"
+t_gone="$(watch_wait watch-gone $((600 + N / 5)) "every CloudImage gone")"
+gone_s="$(elapsed "$t0" "$t_gone")"
+log "all gone ${gone_s}s after the delete"
+echo "Deleting all $N ($DELETE_HOW), operator running: gone after ${gone_s}s." | tee -a "$WORK/result.md"
