@@ -58,7 +58,7 @@ kreq() {
   kcurl "${args[@]}"
 }
 
-kubectl_() { "$KUBECTL" --kubeconfig "$KUBECONFIG" "$@"; }
+kubectl_() { "$KUBECTL" --kubeconfig "$KUBECONFIG" --request-timeout=60s "$@"; }
 
 make_namespace() {
   kreq POST /api/v1/namespaces "{\"metadata\":{\"name\":\"$1\",\"labels\":{\"cloudimage.dev/bench\":\"$RUN\"}}}" >/dev/null
@@ -74,8 +74,9 @@ list_count() {
 
 
 # pcurl CONFIG: runs the transfers of a curl config (sections separated by
-# "next"), $CONCURRENCY at a time over kept-alive connections; each transfer
-# writes its own line (write-out). Never fails: callers check the lines.
+# "next", each with its own max-time), $CONCURRENCY at a time over kept-alive
+# connections; each transfer writes its own line (write-out). Never fails:
+# callers check the lines.
 pcurl() {
   sed -i '${/^next$/d}' "$1"
   curl --no-progress-meter --parallel --parallel-max "$CONCURRENCY" -K "$1" || true
@@ -87,7 +88,7 @@ post_many() {
   local path=$1 file=$2 cfg codes
   cfg="$(mktemp "$WORK/post.XXXX.cfg")"
   jq -r --arg url "$KUBE_APISERVER_URL$path" --arg pki "$PKI" '
-    "url = \"\($url)\"\nrequest = \"POST\"\ncacert = \"\($pki)/ca.crt\"\ncert = \"\($pki)/admin.crt\"\nkey = \"\($pki)/admin.key\"\nheader = \"Content-Type: application/json\"\noutput = \"/dev/null\"\nwrite-out = \"%{http_code}\\n\"\ndata = \(tojson | tojson)\nnext"' \
+    "url = \"\($url)\"\nrequest = \"POST\"\ncacert = \"\($pki)/ca.crt\"\ncert = \"\($pki)/admin.crt\"\nkey = \"\($pki)/admin.key\"\nheader = \"Content-Type: application/json\"\nmax-time = 120\noutput = \"/dev/null\"\nwrite-out = \"%{http_code}\\n\"\ndata = \(tojson | tojson)\nnext"' \
     "$file" >"$cfg"
   codes="$(pcurl "$cfg")"
   rm -f "$cfg"
@@ -112,7 +113,7 @@ delete_all() {
   out="$(kreq GET "$path")" || die "cannot list $path"
   cfg="$(mktemp "$WORK/delete.XXXX.cfg")"
   jq -r --arg url "$KUBE_APISERVER_URL$path" --arg pki "$PKI" '.items[] | select(.metadata.deletionTimestamp | not) |
-    "url = \"\($url)/\(.metadata.name)\"\nrequest = \"DELETE\"\ncacert = \"\($pki)/ca.crt\"\ncert = \"\($pki)/admin.crt\"\nkey = \"\($pki)/admin.key\"\noutput = \"/dev/null\"\nwrite-out = \"%{http_code}\\n\"\nnext"' <<<"$out" >"$cfg"
+    "url = \"\($url)/\(.metadata.name)\"\nrequest = \"DELETE\"\ncacert = \"\($pki)/ca.crt\"\ncert = \"\($pki)/admin.crt\"\nkey = \"\($pki)/admin.key\"\nmax-time = 120\noutput = \"/dev/null\"\nwrite-out = \"%{http_code}\\n\"\nnext"' <<<"$out" >"$cfg"
   codes=""
   [[ -s "$cfg" ]] && codes="$(pcurl "$cfg")"
   rm -f "$cfg"
@@ -125,7 +126,7 @@ strip_finalizers() {
   out="$(kreq GET "$1" 2>/dev/null)" || return 0
   cfg="$(mktemp "$WORK/strip.XXXX.cfg")"
   jq -r --arg url "$KUBE_APISERVER_URL$1" --arg pki "$PKI" '.items[] | select(.metadata.finalizers) |
-    "url = \"\($url)/\(.metadata.name)\"\nrequest = \"PATCH\"\ncacert = \"\($pki)/ca.crt\"\ncert = \"\($pki)/admin.crt\"\nkey = \"\($pki)/admin.key\"\nheader = \"Content-Type: application/merge-patch+json\"\ndata = \"{\\\"metadata\\\":{\\\"finalizers\\\":null}}\"\noutput = \"/dev/null\"\nnext"' <<<"$out" >"$cfg"
+    "url = \"\($url)/\(.metadata.name)\"\nrequest = \"PATCH\"\ncacert = \"\($pki)/ca.crt\"\ncert = \"\($pki)/admin.crt\"\nkey = \"\($pki)/admin.key\"\nheader = \"Content-Type: application/merge-patch+json\"\ndata = \"{\\\"metadata\\\":{\\\"finalizers\\\":null}}\"\nmax-time = 120\noutput = \"/dev/null\"\nnext"' <<<"$out" >"$cfg"
   [[ -s "$cfg" ]] && pcurl "$cfg" >/dev/null
   rm -f "$cfg"
 }
@@ -425,7 +426,7 @@ stop_pid() {
 token() {
   local user=$1 ks=${2:-$KEYSTONE_URL} pw
   pw="CLOUDIMAGE_TEST_${user^^}_PASSWORD"
-  curl -sS --fail-with-body -o /dev/null -D - -H 'Content-Type: application/json' \
+  curl -sS --fail-with-body --max-time 30 -o /dev/null -D - -H 'Content-Type: application/json' \
     -d "{\"auth\":{\"identity\":{\"methods\":[\"password\"],\"password\":{\"user\":{\"name\":\"$user\",\"domain\":{\"name\":\"Default\"},\"password\":\"${!pw}\"}}},\"scope\":{\"project\":{\"name\":\"$user\",\"domain\":{\"name\":\"Default\"}}}}}" \
     "${ks%/}/auth/tokens" | awk 'tolower($1) == "x-subject-token:" {print $2}' | tr -d '\r'
 }
@@ -505,12 +506,12 @@ glance_create() {
   awk -v g="$GLANCE_URL" -v t="$tok" -v run="$RUN" '{
     printf "url = \"%s/v2/images\"\nrequest = \"POST\"\nheader = \"X-Auth-Token: %s\"\nheader = \"Content-Type: application/json\"\n", g, t
     printf "data = \"{\\\"id\\\": \\\"%s\\\", \\\"name\\\": \\\"bench-%s-%d\\\", \\\"disk_format\\\": \\\"raw\\\", \\\"container_format\\\": \\\"bare\\\"}\"\n", $1, run, NR
-    printf "output = \"/dev/null\"\nwrite-out = \"%%{http_code}\\n\"\nnext\n" }' "$ids" >"$cfg"
+    printf "max-time = 120\noutput = \"/dev/null\"\nwrite-out = \"%%{http_code}\\n\"\nnext\n" }' "$ids" >"$cfg"
   codes="$(pcurl "$cfg")"
   [[ "$(grep -c '^201$' <<<"$codes")" == "$n" ]] || die "creating images in Glance: $(sort <<<"$codes" | uniq -c | tr '\n' ' ')"
   awk -v g="$GLANCE_URL" -v t="$tok" -v f="$data" '{
     printf "url = \"%s/v2/images/%s/file\"\nupload-file = \"%s\"\nheader = \"X-Auth-Token: %s\"\nheader = \"Content-Type: application/octet-stream\"\nheader = \"Expect:\"\n", g, $1, f, t
-    printf "output = \"/dev/null\"\nwrite-out = \"%%{http_code}\\n\"\nnext\n" }' "$ids" >"$cfg"
+    printf "max-time = 120\noutput = \"/dev/null\"\nwrite-out = \"%%{http_code}\\n\"\nnext\n" }' "$ids" >"$cfg"
   codes="$(pcurl "$cfg")"
   [[ "$(grep -c '^204$' <<<"$codes")" == "$n" ]] || die "uploading image data: $(sort <<<"$codes" | uniq -c | tr '\n' ' ')"
 }
@@ -522,7 +523,7 @@ glance_codes() {
   cfg="$(mktemp "$WORK/glance.XXXX.cfg")"
   awk -v g="$g" -v t="$tok" -v m="$method" '{
     printf "url = \"%s/v2/images/%s\"\nrequest = \"%s\"\nheader = \"X-Auth-Token: %s\"\n", g, $1, m, t
-    printf "output = \"/dev/null\"\nwrite-out = \"%%{http_code} %s\\n\"\nnext\n", $1 }' "$ids" >"$cfg"
+    printf "max-time = 120\noutput = \"/dev/null\"\nwrite-out = \"%%{http_code} %s\\n\"\nnext\n", $1 }' "$ids" >"$cfg"
   pcurl "$cfg"
   rm -f "$cfg"
 }

@@ -28,9 +28,17 @@ pub struct Args {
     #[arg(long, env = "CLOUDIMAGE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
 
-    /// How often a healthy CloudImage's image is looked up again (e.g. 30s, 5m, 1h).
+    /// How often a healthy CloudImage's image is looked up again (e.g. 30s,
+    /// 5m, 1h). Each object has its own second in the period (from its uid),
+    /// so the lookups of many objects are spread evenly over it.
     #[arg(long, env = "CLOUDIMAGE_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub resync_interval: Duration,
+
+    /// Image lookups per second, at most, per cloud identity (Keystone URL
+    /// and project): a start-up with thousands of new objects, or a sweep,
+    /// never sends a burst. Deletions are not limited by this.
+    #[arg(long, env = "CLOUDIMAGE_CHECK_RATE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub check_rate: u32,
 
     /// First retry delay after a transient failure (cloud unreachable, busy, throttled).
     #[arg(long, env = "CLOUDIMAGE_RETRY_FAST", default_value = "2s", value_parser = parse_duration)]

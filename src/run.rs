@@ -8,7 +8,6 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::utils::Predicate;
 use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
@@ -20,6 +19,7 @@ use crate::cloud::EgressPolicy;
 use crate::cloud::pool::ClientPool;
 use crate::controller::backoff::{BackoffConfig, Counts};
 use crate::controller::context::{Context, NamespaceSlots, Settings, object_key};
+use crate::controller::events::{EventSink, Reporter};
 use crate::controller::guard::{guard, guard_error_policy};
 use crate::controller::reconcile::{error_policy, reconcile};
 use crate::controller::secret_hold::{self as secrets, SecretMeta};
@@ -146,6 +146,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         resync: args.resync_interval,
         accepted_poll: args.accepted_poll_interval,
         stall_after: args.deletion_stall_after,
+        check_rate: args.check_rate,
         backoff: BackoffConfig {
             fast_base: args.retry_fast,
             slow_base: args.retry_slow,
@@ -212,7 +213,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         .unwrap_or_else(Leadership::always);
     let ctx = Arc::new(Context {
         leader: leadership.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: EventSink::new(client.clone(), reporter),
         client: client.clone(),
         clouds: ClientPool::new(
             crate::cloud::pool::DEFAULT_CAPACITY,
@@ -233,6 +234,8 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         announced: Default::default(),
         identities: Default::default(),
         insecure_warned: Default::default(),
+        checks: crate::controller::pace::Buckets::new(args.check_rate),
+        seen: Default::default(),
         slots: NamespaceSlots::new(
             usize::from(args.concurrency),
             args.namespace_slots(),
@@ -323,6 +326,7 @@ impl Watch {
         let (s_reader, mut s_writer, s_api) = self.secrets;
         // A changed Secret requeues the CloudImages that use it.
         let (requeue_tx, requeue_rx) = self.requeue;
+        let sweep_tx = requeue_tx.clone();
         // A CloudImage released, gone or moved to another Secret: its Secret's guard looks again.
         let (recheck_tx, recheck_rx) = mpsc::unbounded::<ObjectRef<SecretMeta>>();
         // A relisted CloudImage watch may have missed deletions: every guard looks again.
@@ -359,6 +363,7 @@ impl Watch {
                             ctx.accepted.reset(&object_key(o));
                             ctx.slots.forget(o);
                             ctx.forget_identity(o);
+                            ctx.seen.forget(&o.uid().unwrap_or_default());
                             ctx.metrics.set_blocked(&o.uid().unwrap_or_default(), None);
                         }
                         watcher::Event::InitDone => {
@@ -435,6 +440,8 @@ impl Watch {
                 .applied_objects()
         };
 
+        let ci_sweep = ci_reader.clone();
+        let shutdown_sweep = shutdown.clone();
         let cloudimages = Controller::for_stream(cimg_events, ci_reader)
             .with_config(ControllerConfig::default().concurrency(concurrency))
             .reconcile_on(requeue_rx)
@@ -453,12 +460,73 @@ impl Watch {
             .reconcile_on(recheck_rx)
             .reconcile_all_on(futures::stream::select(recheck_all_rx, ctx.leader.gained()))
             .graceful_shutdown_on(shutdown)
-            .run(guard, guard_error_policy, ctx)
+            .run(guard, guard_error_policy, ctx.clone())
             .for_each(|res| async move {
                 if let Err(e) = res {
                     warn!(error = %e, "Secret guard event");
                 }
             });
-        vec![cloudimages.boxed(), guard.boxed()]
+        let sweeper = sweep(ci_sweep, sweep_tx, ctx.clone(), shutdown_sweep);
+        vec![cloudimages.boxed(), guard.boxed(), sweeper.boxed()]
+    }
+}
+
+/// The periodic lookups: once a second, requeues the live objects whose
+/// second of the resync period has come (`pace::phase`), so each object is
+/// looked up once per period and the objects evenly over it, with no timer
+/// kept per object. A sweep that runs late catches up on the seconds it
+/// missed.
+async fn sweep(
+    store: Store<CloudImage>,
+    requeue: mpsc::UnboundedSender<ObjectRef<CloudImage>>,
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    use crate::controller::pace;
+    let period = ctx.settings.resync.as_secs().max(1);
+    // Seconds of the wall clock, so that a new leader keeps the phases of
+    // the old one.
+    let clock = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default()
+    };
+    let mut last = clock();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        let now = clock();
+        if now == last {
+            continue;
+        }
+        // A clock set back counts as one second, not as a pause.
+        let from = if now < last {
+            now.saturating_sub(1)
+        } else {
+            last
+        };
+        last = now;
+        if !ctx.leader.is_leader() {
+            continue;
+        }
+        for obj in store.state() {
+            if obj.metadata.deletion_timestamp.is_some()
+                || !obj.finalizers().iter().any(|f| f == crate::crd::FINALIZER)
+            {
+                continue;
+            }
+            let Some(uid) = obj.metadata.uid.as_deref() else {
+                continue;
+            };
+            if pace::due(pace::phase(uid, period), period, from, now) {
+                let _ = requeue.unbounded_send(ObjectRef::from_obj(obj.as_ref()));
+            }
+        }
     }
 }

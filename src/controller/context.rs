@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
@@ -48,6 +47,8 @@ pub struct Settings {
     /// `DeletionStalled` (polling goes on).
     pub stall_after: Duration,
     pub backoff: BackoffConfig,
+    /// Image lookups per second per cloud identity (see `pace`).
+    pub check_rate: u32,
 }
 
 impl Default for Settings {
@@ -58,6 +59,7 @@ impl Default for Settings {
             accepted_poll: Duration::from_secs(3),
             stall_after: Duration::from_secs(600),
             backoff: BackoffConfig::default(),
+            check_rate: 20,
         }
     }
 }
@@ -68,7 +70,7 @@ pub struct Context {
     /// the leader reconciles and writes.
     pub leader: crate::leader::Leadership,
     pub client: kube::Client,
-    pub recorder: Recorder,
+    pub recorder: super::events::EventSink,
     pub clouds: ClientPool,
     pub failures: Counts,
     pub settings: Settings,
@@ -90,7 +92,12 @@ pub struct Context {
     /// The verified cloud identity of each CloudImage (by uid), learnt from
     /// its last token: claims across namespaces count only between equals.
     pub identities: std::sync::Mutex<std::collections::HashMap<String, String>>,
-    /// Uids of CloudImages already warned about an insecure endpoint.
+    /// Rate limit of image lookups, per cloud identity.
+    pub checks: super::pace::Buckets,
+    /// Objects this process has reconciled: the first reconcile of a settled
+    /// object does not look its image up (see `pace`).
+    pub seen: super::pace::Seen,
+    /// Secret entries already warned about as insecure (Secret uid, entry, content).
     pub insecure_warned: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
@@ -241,13 +248,8 @@ impl Context {
     /// delete.
     pub async fn other_claims(&self, obj: &CloudImage) -> Option<Claims> {
         let ns = obj.namespace();
-        let uid = obj.uid().unwrap_or_default();
-        let identities = {
-            let ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
-            ids.clone()
-        };
-        let mine = identities.get(&uid);
         let mut claims = Claims::default();
+        let mut elsewhere: Vec<Arc<CloudImage>> = Vec::new();
         for store in &self.stores {
             tokio::time::timeout(Duration::from_secs(10), store.wait_until_ready())
                 .await
@@ -266,18 +268,47 @@ impl Context {
                         other.namespace().unwrap_or_default(),
                         other.name_any()
                     ));
-                } else if let Some(theirs) = identities.get(&other.uid().unwrap_or_default()) {
-                    match mine {
-                        Some(m) if m == theirs => claims.elsewhere += 1,
-                        Some(_) => {}
-                        None => claims.elsewhere_unknown = true,
-                    }
+                } else {
+                    elsewhere.push(other);
                 }
             }
         }
         claims.here.sort();
         claims.here.dedup();
+        if elsewhere.is_empty() {
+            return Some(claims);
+        }
+        let mine = self.identity_of(obj);
+        for other in elsewhere {
+            let mut theirs = self.identity_of(&other);
+            // Not looked up since this process started (a restart, a new
+            // leader): learn its identity now (a token for its credentials,
+            // no image call). What cannot be verified is no claim.
+            if theirs.is_none()
+                && mine.is_some()
+                && let Ok(cloud) = self.cloud_for(&other).await
+                && cloud.identify().await.is_ok()
+            {
+                self.remember_identity(&other, cloud.as_ref());
+                theirs = self.identity_of(&other);
+            }
+            match (&mine, theirs) {
+                (Some(m), Some(t)) if *m == t => claims.elsewhere += 1,
+                // Learn this object's identity first, then look again.
+                (None, _) => claims.elsewhere_unknown = true,
+                _ => {}
+            }
+        }
         Some(claims)
+    }
+
+    fn identity_of(&self, obj: &CloudImage) -> Option<String> {
+        let uid = obj.uid()?;
+        self.identities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&uid)
+            .cloned()
     }
 
     /// Remembers the verified identity behind `obj`'s last cloud call.
@@ -290,23 +321,24 @@ impl Context {
         }
     }
 
-    /// True the first time (per object, per operator run) an insecure
-    /// endpoint is used for `obj`.
-    fn first_insecure_warning(&self, obj: &CloudImage) -> bool {
-        self.insecure_warned
+    /// True the first time (per operator run) an insecure Secret entry,
+    /// named by `key` (Secret uid, entry, content), is used.
+    fn first_insecure_warning(&self, key: &str) -> bool {
+        let mut warned = self
+            .insecure_warned
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(obj.uid().unwrap_or_default())
+            .unwrap_or_else(|p| p.into_inner());
+        // A bound for a cluster whose Secrets change without end.
+        if warned.len() >= 4096 {
+            warned.clear();
+        }
+        warned.insert(key.to_owned())
     }
 
     /// `obj` is gone: forget its identity.
     pub fn forget_identity(&self, obj: &CloudImage) {
         if let Some(uid) = obj.uid() {
             self.identities
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&uid);
-            self.insecure_warned
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&uid);
@@ -421,36 +453,55 @@ impl Context {
             }
         }
         let cfg = read.config?;
+        let version = read.version.unwrap_or(credentials::Version {
+            uid: String::new(),
+            resource_version: String::new(),
+        });
+        let fingerprint: String = cfg
+            .fingerprint()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let insecure = cfg.insecurities();
-        if !insecure.is_empty() && self.first_insecure_warning(obj) {
-            super::kube_io::publish(
+        // One warning per Secret entry (and content) per operator run, about
+        // the Secret: it is a fact about the Secret, not about each of the
+        // (maybe thousands of) CloudImages that use it.
+        if !insecure.is_empty()
+            && self.first_insecure_warning(&format!(
+                "{}/{}/{fingerprint}",
+                version.uid, obj.spec.cloud_ref.cloud_name
+            ))
+        {
+            let secret = k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Secret".into()),
+                namespace: Some(ns.clone()),
+                name: Some(secret_name.clone()),
+                uid: Some(version.uid.clone()).filter(|u| !u.is_empty()),
+                ..Default::default()
+            };
+            super::kube_io::publish_about(
                 &self.recorder,
-                obj,
+                &secret,
                 kube::runtime::events::EventType::Warning,
                 Reason::InsecureEndpoint,
                 "ReadCredentials",
                 format!(
-                    "the credentials of Secret {ns}/{secret_name} are sent insecurely: {}. Use https:// and TLS verification (the operator can be told to refuse this: --refuse-insecure)",
+                    "cloud {:?} of this Secret is used insecurely (first by CloudImage {}): {}. Use https:// and TLS verification (the operator can be told to refuse this: --refuse-insecure)",
+                    obj.spec.cloud_ref.cloud_name,
+                    obj.name_any(),
                     insecure.join("; ")
                 ),
             )
             .await;
         }
-        let version = read.version.unwrap_or(credentials::Version {
-            uid: String::new(),
-            resource_version: String::new(),
-        });
         // The client (and its token) is replaced when the entry's content
         // changes, not on every new resourceVersion: the operator's own
         // finalizer on the Secret moves that too.
         let key = PoolKey {
             namespace: ns,
             secret_uid: version.uid,
-            secret_version: cfg
-                .fingerprint()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
+            secret_version: fingerprint,
             cloud_name: obj.spec.cloud_ref.cloud_name.clone(),
         };
         Ok(self.clouds.get(&key, cfg).map_err(Problem::from)?)

@@ -4,12 +4,14 @@
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, TestOperation};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::warn;
 
+use super::events::{EventSink, Note};
 use super::reason::Reason;
 use crate::cloud::error::truncate;
 use crate::crd::{CloudImage, CloudImageStatus, FINALIZER};
@@ -123,21 +125,32 @@ pub async fn release_finalizer(api: &Api<CloudImage>, obj: &CloudImage) -> Resul
 /// holds). A failure to record is logged, not fatal: the status carries the
 /// same information.
 pub async fn publish<K: Resource<DynamicType = ()>>(
-    recorder: &Recorder,
+    events: &EventSink,
     obj: &K,
     type_: EventType,
     reason: Reason,
     action: &str,
     note: String,
 ) {
-    let ev = Event {
+    publish_about(events, &obj.object_ref(&()), type_, reason, action, note).await;
+}
+
+/// [`publish`], about an object known by its reference.
+pub async fn publish_about(
+    events: &EventSink,
+    regarding: &ObjectReference,
+    type_: EventType,
+    reason: Reason,
+    action: &str,
+    note: String,
+) {
+    let note = Note {
         type_,
-        reason: reason.as_str().to_owned(),
-        note: Some(truncate(note, 1024)),
-        action: action.to_owned(),
-        secondary: None,
+        reason: reason.as_str(),
+        action,
+        note: truncate(note, 1024),
     };
-    if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
+    if let Err(e) = events.publish(&note, regarding).await {
         warn!(error = %e, %reason, "could not record an Event");
     }
 }

@@ -1,16 +1,19 @@
 //! While a CloudImage exists: look the image up and report what the cloud
 //! said. A missing image is reported, never recreated.
 
+use std::time::Instant;
+
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::conditions::READY;
 use super::context::{Context, object_key};
 use super::error::Error;
 use super::kube_io;
+use super::pace;
 use super::problem::Problem;
 use super::reason::Reason;
 use super::status;
@@ -22,12 +25,51 @@ pub async fn observe(
     obj: &CloudImage,
     ctx: &Context,
 ) -> Result<Action, Error> {
+    // An object whose status already answers for its generation is looked
+    // up by the sweeper, in its second of the resync period: not by its
+    // first reconcile in this process (a restart, a new leader), nor again
+    // right after a lookup (see `pace`).
+    let uid = obj.metadata.uid.as_deref().unwrap_or_default();
+    let generation = obj.metadata.generation;
+    let settled = pace::settled(obj.status.as_ref(), generation);
+    let decision = ctx.seen.decide(
+        uid,
+        generation,
+        settled,
+        Instant::now(),
+        ctx.settings.resync / 2,
+    );
+    if decision != pace::Lookup::Now {
+        debug!(
+            ?decision,
+            "the cloud's answer for this generation is known: no lookup now"
+        );
+        return Ok(Action::await_change());
+    }
     let prev = obj.status.clone().unwrap_or_default();
     let id = &obj.spec.image_id;
     let result: Result<Lookup, Problem> = match ctx.cloud_for(obj).await {
         Ok(cloud) => {
-            let started = std::time::Instant::now();
+            let key = cloud.identity().unwrap_or_else(|| {
+                format!(
+                    "{}/{}/{}",
+                    obj.metadata.namespace.as_deref().unwrap_or_default(),
+                    obj.spec.cloud_ref.secret_name,
+                    obj.spec.cloud_ref.cloud_name
+                )
+            });
+            if let Err(wait) = ctx.checks.take(&key, Instant::now()) {
+                // No slot is held while waiting: the object comes back when
+                // a token is there (spread a little so waiters do not meet).
+                let jitter = std::time::Duration::from_millis(rand::random::<u64>() % 250);
+                return Ok(Action::requeue(wait + jitter));
+            }
+            let started = Instant::now();
             let r = cloud.get_image(id).await.map_err(Problem::from);
+            match &r {
+                Ok(_) => ctx.seen.answered(uid, generation, started),
+                Err(_) => ctx.seen.failed(uid),
+            }
             ctx.metrics
                 .cloud_call("get", super::cleanup::lookup_outcome(&r), started.elapsed());
             ctx.remember_identity(obj, cloud.as_ref());
@@ -82,7 +124,8 @@ pub async fn observe(
         Ok(found) => {
             info!(found = matches!(found, Lookup::Found(_)), "image checked");
             ctx.failures.reset(&object_key(obj));
-            Ok(Action::requeue(ctx.settings.resync))
+            // The next lookup comes from the sweeper, in this object's phase.
+            Ok(Action::await_change())
         }
         Err(p) => {
             ctx.metrics.problem("live", p.reason);

@@ -77,7 +77,7 @@ impl Reason {
         Reason::InsecureEndpoint,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Reason::ImageAvailable => "ImageAvailable",
             Reason::ImageNotActive => "ImageNotActive",

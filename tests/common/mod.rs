@@ -267,6 +267,20 @@ impl Scope {
         api.create(&PostParams::default(), &obj).await
     }
 
+    /// `n` private images in Glance and a CloudImage for each
+    /// (`{prefix}-{i}`, default Secret and cloud); the image ids, in order.
+    pub async fn backed_objects(&self, g: &glance::Glance, prefix: &str, n: usize) -> Vec<String> {
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let id = g.create_image(&format!("{prefix}-{i}"), "private").await;
+            self.create(&format!("{prefix}-{i}"), spec(&id, SECRET, CLOUD))
+                .await
+                .expect("create CloudImage");
+            ids.push(id);
+        }
+        ids
+    }
+
     pub async fn delete(&self, name: &str) {
         self.cimgs()
             .delete(name, &DeleteParams::default())
@@ -478,19 +492,34 @@ impl Operator {
         .await
     }
 
-    /// The value of an unlabelled counter on its `/metrics`.
-    pub async fn metric(&self, name: &str) -> f64 {
+    /// Its `/metrics`, as text.
+    pub async fn metrics_text(&self) -> String {
         let url = format!("http://{}/metrics", self.addr("metrics").await);
-        let text = reqwest::get(url)
+        reqwest::get(url)
             .await
             .expect("GET /metrics")
             .text()
             .await
-            .expect("metrics body");
+            .expect("metrics body")
+    }
+
+    /// The value of an unlabelled counter on its `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text().await;
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
+
+    /// The sum of a labelled metric over the series whose labels contain `label` (e.g. `operation="get"`).
+    pub async fn metric_sum(&self, name: &str, label: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// Resident memory of the operator process, in KiB (VmRSS).
