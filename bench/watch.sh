@@ -11,8 +11,10 @@
 # condition, its VmRSS/VmHWM and CPU seconds then, its API requests and
 # cloud calls per object during the start-up (same counting as
 # bench/prune.sh), and the peak of Glance requests in one second (a burst
-# would trip a real cloud's rate limit). Then deletes them all, with the
-# operator running, and times that too.
+# would trip a real cloud's rate limit). Then restarts the operator and
+# measures how long until it has reconciled every object again and what it
+# looked up meanwhile (nothing is expected: every object holds its answer).
+# Then deletes them all, with the operator running, and times that too.
 #
 # Needs the running test environment (testenv/env.sh up). Environment:
 # CONCURRENCY (8; parallel creates), RELAY=0, SETTLE, OPERATOR_BIN,
@@ -100,6 +102,36 @@ kib_per_obj="$(awk -v r="$rss" -v n="$N" 'BEGIN{printf "%.1f", r * 1024 / n}')"
   echo "Operator counters at the end of start-up:"
   grep -E '^cloudimage_(cloud_requests|secret_reads|reconciles|objects_watched)' "$WORK/operator.metrics" | sed 's/^/    /' || true
 } | tee "$WORK/result.md"
+
+# A restart: every object now holds the cloud's answer, so the new process
+# should look none of them up at start (each waits for its second of the
+# resync period). Measured: time from start until every object has been
+# reconciled once (the operator's cloudimage_reconciles_total >= N), the
+# lookups sent meanwhile, RSS then.
+log "restarting the operator (SIGTERM, start again)"
+stop_pid "$OP_PID" 30
+relay_counts "$WORK/restart.cloud.before"
+t_start="$(now)"
+start_operator "$ns" "$WORK/operator-restart.log"
+deadline=$((SECONDS + 300 + N / 20))
+reconciled=0
+until ((reconciled >= N)); do
+  ((SECONDS < deadline)) || die "restart: only $reconciled of $N reconciled in time"
+  sleep 0.5
+  reconciled="$(operator_metrics "$WORK/operator-restart.log" 2>/dev/null | awk '$1 == "cloudimage_reconciles_total" {print int($2)}')"
+  reconciled="${reconciled:-0}"
+done
+restart_s="$(elapsed "$t_start")"
+restart_stats="$(proc_stats "$OP_PID")"
+relay_counts "$WORK/restart.cloud.after"
+relay_diff "$WORK/restart.cloud.before" "$WORK/restart.cloud.after" >"$WORK/restart.cloud.diff"
+read -r rrss rhwm rcpu <<<"$restart_stats"
+{
+  echo
+  echo "Restart with all $N objects answered: every object reconciled ${restart_s}s after start; RSS / HWM $rrss / $rhwm MiB, CPU $rcpu s; cloud calls meanwhile:"
+  sed 's/^/    /' "$WORK/restart.cloud.diff"
+  [[ -s "$WORK/restart.cloud.diff" ]] || echo "    (none)"
+} | tee -a "$WORK/result.md"
 
 log "deleting all $N (operator running: each lookup answers 404, finalizer released)"
 watch_start watch-gone "$path" "$N" gone $((660 + N / 5))

@@ -24,8 +24,11 @@ pub struct Args {
     #[arg(long = "namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
 
-    /// How many CloudImages are reconciled at the same time, in all.
-    #[arg(long, env = "CLOUDIMAGE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// How many CloudImages are reconciled at the same time, in all; also
+    /// the most calls at once to one cloud identity, whose own limit is
+    /// halved when it pushes back (429, 5xx, timeouts) and grows again by
+    /// one per round of answers.
+    #[arg(long, env = "CLOUDIMAGE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
 
     /// How often a healthy CloudImage's image is looked up again (e.g. 30s,

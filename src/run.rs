@@ -235,6 +235,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         identities: Default::default(),
         insecure_warned: Default::default(),
         checks: crate::controller::pace::Buckets::new(args.check_rate),
+        limits: crate::controller::limit::Limits::new(usize::from(args.concurrency)),
         seen: Default::default(),
         slots: NamespaceSlots::new(
             usize::from(args.concurrency),
@@ -264,6 +265,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         }
         None => info!("metrics endpoint off (--metrics-addr off)"),
     }
+    tokio::spawn(return_freed_memory());
     let controllers = watches.into_iter().flat_map(|w| {
         info!(namespace = %w.scope, concurrency = args.concurrency, "watching CloudImages and the metadata of Secrets");
         w.run(
@@ -332,10 +334,13 @@ impl Watch {
         // A relisted CloudImage watch may have missed deletions: every guard looks again.
         let (recheck_all_tx, recheck_all_rx) = mpsc::unbounded::<()>();
 
+        // Pages of 100 objects when listing: a page is read whole before it
+        // is decoded, and with managed fields a page of 500 is megabytes.
         let cimg_watch_config = match &label_selector {
             Some(sel) => watcher::Config::default().labels(sel),
             None => watcher::Config::default(),
-        };
+        }
+        .page_size(100);
         let cimg_events = {
             let reader = ci_reader.clone();
             let ctx = ctx.clone();
@@ -364,6 +369,7 @@ impl Watch {
                             ctx.slots.forget(o);
                             ctx.forget_identity(o);
                             ctx.seen.forget(&o.uid().unwrap_or_default());
+                            ctx.checks.forget(&o.uid().unwrap_or_default());
                             ctx.metrics.set_blocked(&o.uid().unwrap_or_default(), None);
                         }
                         watcher::Event::InitDone => {
@@ -526,6 +532,28 @@ async fn sweep(
             };
             if pace::due(pace::phase(uid, period), period, from, now) {
                 let _ = requeue.unbounded_send(ObjectRef::from_obj(obj.as_ref()));
+            }
+        }
+    }
+}
+
+/// Hands the memory the allocator holds but does not use back to the
+/// system, every few seconds. The caches are built from list pages of
+/// hundreds of objects, decoded and then dropped between the small objects
+/// that stay: glibc's malloc keeps those holes (and the pages under them)
+/// for itself otherwise, which is most of the resident memory at start-up
+/// (measured in docs/benchmarks.md).
+async fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            // SAFETY: malloc_trim only touches the allocator's own free
+            // lists; it is safe to call at any time from any thread.
+            unsafe {
+                libc::malloc_trim(0);
             }
         }
     }

@@ -14,6 +14,7 @@ use super::conditions::DELETING;
 use super::context::{Context, object_key};
 use super::error::Error;
 use super::kube_io;
+use super::limit;
 use super::plan::{self, Answer, Call, Facts, Outcome, Plan, Release};
 use super::reason::Reason;
 use super::status::{self, DeletionStep};
@@ -34,10 +35,14 @@ pub async fn cleanup(
             Err(failure) => plan::no_cloud(failure.into_problem()?),
             Ok(cloud) => {
                 let id = &obj.spec.image_id;
+                let key = ctx.cloud_key(obj, cloud.as_ref()).await;
+                let place = ctx.limits.acquire(&key).await;
                 let started = std::time::Instant::now();
                 let answer = match call {
                     Call::DryRunLookup | Call::ConfirmGone => {
-                        Answer::Lookup(cloud.get_image(id).await.map_err(Into::into))
+                        let r = cloud.get_image(id).await;
+                        place.done(limit::signal_of(r.as_ref().err().map(|e| e.kind)));
+                        Answer::Lookup(r.map_err(Into::into))
                     }
                     Call::Delete => {
                         let attempts = status::attempts(&prev(obj));
@@ -46,12 +51,9 @@ pub async fn cleanup(
                         {
                             tell(ctx, obj, true, Reason::DeleteBackupIgnored, note).await;
                         }
-                        Answer::Deletion(
-                            cloud
-                                .delete_image(id, obj.spec.delete_backup)
-                                .await
-                                .map_err(Into::into),
-                        )
+                        let r = cloud.delete_image(id, obj.spec.delete_backup).await;
+                        place.done(limit::signal_of(r.as_ref().err().map(|e| e.kind)));
+                        Answer::Deletion(r.map_err(Into::into))
                     }
                 };
                 ctx.remember_identity(obj, cloud.as_ref());

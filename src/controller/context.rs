@@ -92,6 +92,8 @@ pub struct Context {
     /// The verified cloud identity of each CloudImage (by uid), learnt from
     /// its last token: claims across namespaces count only between equals.
     pub identities: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Calls in flight per cloud identity, sized by the cloud's answers.
+    pub limits: Arc<super::limit::Limits>,
     /// Rate limit of image lookups, per cloud identity.
     pub checks: super::pace::Buckets,
     /// Objects this process has reconciled: the first reconcile of a settled
@@ -300,6 +302,22 @@ impl Context {
             }
         }
         Some(claims)
+    }
+
+    /// The cloud identity `obj`'s calls count against (rate and calls in
+    /// flight): authenticates first (a cached token, or the one the call
+    /// needs anyway); credentials that cannot authenticate get a key of
+    /// their own.
+    pub async fn cloud_key(&self, obj: &CloudImage, cloud: &dyn ImageService) -> String {
+        match cloud.identify().await {
+            Ok(Some(identity)) => identity,
+            _ => format!(
+                "{}/{}/{}",
+                obj.metadata.namespace.as_deref().unwrap_or_default(),
+                obj.spec.cloud_ref.secret_name,
+                obj.spec.cloud_ref.cloud_name
+            ),
+        }
     }
 
     fn identity_of(&self, obj: &CloudImage) -> Option<String> {

@@ -13,6 +13,7 @@ use super::conditions::READY;
 use super::context::{Context, object_key};
 use super::error::Error;
 use super::kube_io;
+use super::limit;
 use super::pace;
 use super::problem::Problem;
 use super::reason::Reason;
@@ -50,22 +51,16 @@ pub async fn observe(
     let id = &obj.spec.image_id;
     let result: Result<Lookup, Problem> = match ctx.cloud_for(obj).await {
         Ok(cloud) => {
-            let key = cloud.identity().unwrap_or_else(|| {
-                format!(
-                    "{}/{}/{}",
-                    obj.metadata.namespace.as_deref().unwrap_or_default(),
-                    obj.spec.cloud_ref.secret_name,
-                    obj.spec.cloud_ref.cloud_name
-                )
-            });
-            if let Err(wait) = ctx.checks.take(&key, Instant::now()) {
-                // No slot is held while waiting: the object comes back when
-                // a token is there (spread a little so waiters do not meet).
-                let jitter = std::time::Duration::from_millis(rand::random::<u64>() % 250);
-                return Ok(Action::requeue(wait + jitter));
+            let key = ctx.cloud_key(obj, cloud.as_ref()).await;
+            if let Err(wait) = ctx.checks.take(&key, uid, Instant::now()) {
+                // Its turn is reserved: no slot is held while waiting.
+                return Ok(Action::requeue(wait));
             }
             let started = Instant::now();
-            let r = cloud.get_image(id).await.map_err(Problem::from);
+            let place = ctx.limits.acquire(&key).await;
+            let r = cloud.get_image(id).await;
+            place.done(limit::signal_of(r.as_ref().err().map(|e| e.kind)));
+            let r = r.map_err(Problem::from);
             match &r {
                 Ok(_) => ctx.seen.answered(uid, generation, started),
                 Err(_) => ctx.seen.failed(uid),

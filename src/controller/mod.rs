@@ -17,6 +17,7 @@ pub mod error;
 pub mod events;
 pub mod guard;
 pub mod kube_io;
+pub mod limit;
 pub mod live;
 pub mod pace;
 pub mod plan;

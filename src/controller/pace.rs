@@ -15,8 +15,9 @@
 //!   bucket: `--check-rate` per second, as many at once): what a sweep, a
 //!   restart after a spec change or a GitOps sync of thousands of new
 //!   objects asks for comes at that rate at most. A lookup that finds no
-//!   token is requeued for when one will be there; it holds no reconcile
-//!   slot while it waits. Deletions are never rate-limited here.
+//!   token reserves the next free one and is requeued for that moment; it
+//!   holds no reconcile slot while it waits, and waiters do not poll.
+//!   Deletions are never rate-limited here.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -160,39 +161,71 @@ struct Bucket {
     at: Instant,
 }
 
-/// One token bucket per key (a cloud identity).
+/// One token bucket per key (a cloud identity). A lookup that finds no
+/// token reserves the next free one and is told when it comes, so that
+/// waiting lookups take turns instead of polling.
 pub struct Buckets {
     rate: f64,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    state: Mutex<BucketState>,
+}
+
+#[derive(Default)]
+struct BucketState {
+    buckets: HashMap<String, Bucket>,
+    /// Reserved tokens, by object (hashed uid): when each may go.
+    reserved: HashMap<u64, Instant>,
 }
 
 impl Buckets {
     pub fn new(per_second: u32) -> Buckets {
         Buckets {
             rate: f64::from(per_second.max(1)),
-            buckets: Mutex::new(HashMap::new()),
+            state: Mutex::default(),
         }
     }
 
-    /// Takes a token for `key`, or says how long until one is there.
-    pub fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() > 4096 && !buckets.contains_key(key) {
-            // Full buckets are no different from new ones.
-            let rate = self.rate;
-            buckets.retain(|_, b| refill(*b, rate, now).tokens < rate);
+    /// Takes a token for the lookup of object `uid` against `key`, or
+    /// reserves the next one and says how long until it is there (asking
+    /// again then takes it).
+    pub fn take(&self, key: &str, uid: &str, now: Instant) -> Result<(), Duration> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let who = hash(uid);
+        if let Some(&at) = st.reserved.get(&who) {
+            // Timers may fire a little early.
+            return if at <= now + Duration::from_millis(20) {
+                st.reserved.remove(&who);
+                Ok(())
+            } else {
+                Err(at - now)
+            };
         }
-        let b = buckets.entry(key.to_owned()).or_insert(Bucket {
-            tokens: self.rate,
+        let rate = self.rate;
+        if st.buckets.len() > 4096 && !st.buckets.contains_key(key) {
+            // Full buckets are no different from new ones.
+            st.buckets
+                .retain(|_, b| refill(*b, rate, now).tokens < rate);
+        }
+        let b = st.buckets.entry(key.to_owned()).or_insert(Bucket {
+            tokens: rate,
             at: now,
         });
-        *b = refill(*b, self.rate, now);
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - b.tokens) / self.rate))
+        *b = refill(*b, rate, now);
+        b.tokens -= 1.0;
+        if b.tokens >= 0.0 {
+            return Ok(());
         }
+        let wait = Duration::from_secs_f64(-b.tokens / rate);
+        st.reserved.insert(who, now + wait);
+        Err(wait)
+    }
+
+    /// `uid` is gone: its reservation goes too.
+    pub fn forget(&self, uid: &str) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reserved
+            .remove(&hash(uid));
     }
 }
 
@@ -284,26 +317,48 @@ mod tests {
     }
 
     #[test]
-    fn a_bucket_lets_through_its_rate_and_says_when_the_next_comes() {
+    fn a_bucket_lets_through_its_rate_and_gives_waiters_turns() {
         let b = Buckets::new(5);
         let t0 = Instant::now();
-        for _ in 0..5 {
-            assert_eq!(b.take("a", t0), Ok(()));
+        for i in 0..5 {
+            assert_eq!(b.take("a", &format!("o{i}"), t0), Ok(()));
         }
-        let wait = b.take("a", t0).expect_err("empty");
+        // The next ones reserve a turn each, 200 ms apart.
+        let w5 = b.take("a", "o5", t0).expect_err("reserved");
+        let w6 = b.take("a", "o6", t0).expect_err("reserved");
         assert!(
-            wait > Duration::from_millis(150) && wait <= Duration::from_millis(200),
-            "{wait:?}"
+            w5 > Duration::from_millis(150) && w5 <= Duration::from_millis(200),
+            "{w5:?}"
         );
+        assert!(
+            w6 > Duration::from_millis(350) && w6 <= Duration::from_millis(400),
+            "{w6:?}"
+        );
+        // Asking again early: the same turn, no new reservation.
+        assert_eq!(
+            b.take("a", "o6", t0 + Duration::from_millis(100)),
+            Err(w6 - Duration::from_millis(100))
+        );
+        // At its turn it goes.
+        assert_eq!(b.take("a", "o5", t0 + w5), Ok(()));
+        assert_eq!(b.take("a", "o6", t0 + w6), Ok(()));
         // Another identity has its own bucket.
-        assert_eq!(b.take("b", t0), Ok(()));
-        // One token every 200 ms.
-        assert_eq!(b.take("a", t0 + Duration::from_millis(200)), Ok(()));
-        assert!(b.take("a", t0 + Duration::from_millis(250)).is_err());
+        assert_eq!(b.take("b", "x", t0), Ok(()));
         // Saved up to the rate, never more.
         let later = t0 + Duration::from_secs(60);
-        let through = (0..20).filter(|_| b.take("a", later).is_ok()).count();
+        let through = (0..20)
+            .filter(|i| b.take("a", &format!("p{i}"), later).is_ok())
+            .count();
         assert_eq!(through, 5);
+        // A forgotten object's reservation goes.
+        b.forget("p19");
+        assert!(
+            !b.state
+                .lock()
+                .expect("lock")
+                .reserved
+                .contains_key(&hash("p19"))
+        );
     }
 
     #[test]

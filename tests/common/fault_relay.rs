@@ -11,7 +11,10 @@
 //! gives up, the real answer sent back slowly, or a 404 that is not the
 //! image service's own (an ingress's default backend). [`FaultRelay::cut`]
 //! makes the peer unreachable (the port refuses connections, open ones are
-//! dropped) until [`FaultRelay::restore`].
+//! dropped) until [`FaultRelay::restore`]. With
+//! [`FaultConfig::max_in_flight`] it also acts as a rate-limiting proxy:
+//! requests beyond that many in flight are answered 429. Used by
+//! `tests/pacing.rs` too: the test Glance never throttles.
 //!
 //! Each connection carries one request: the relay asks the peer for
 //! `Connection: close`, so the client opens a new connection per request
@@ -103,6 +106,9 @@ pub struct FaultConfig {
     pub hold: Duration,
     /// The longest a [`Fault::SlowBody`] takes to send its body.
     pub slow_max: Duration,
+    /// Answer 429 (a Glance-shaped "Too Many Requests", as a rate-limiting
+    /// proxy in front of a cloud does) to requests beyond this many in flight.
+    pub max_in_flight: Option<u64>,
 }
 
 impl Default for FaultConfig {
@@ -113,6 +119,7 @@ impl Default for FaultConfig {
             weights: [35, 20, 10, 3, 22, 10],
             hold: Duration::from_secs(35),
             slow_max: Duration::from_secs(3),
+            max_in_flight: None,
         }
     }
 }
@@ -128,6 +135,8 @@ pub struct RelayCounts {
     pub faults: [u64; 6],
     /// Connections the relay could not open to the peer.
     pub peer_unreachable: u64,
+    /// Requests answered 429 because too many were in flight.
+    pub throttled: u64,
 }
 
 impl RelayCounts {
@@ -166,6 +175,9 @@ struct Shared {
     faults: [AtomicU64; 6],
     peer_unreachable: AtomicU64,
     tokens: Mutex<BTreeSet<String>>,
+    max_in_flight: Option<u64>,
+    in_flight: AtomicU64,
+    throttled: AtomicU64,
 }
 
 impl Shared {
@@ -241,6 +253,9 @@ impl FaultRelay {
             faults: Default::default(),
             peer_unreachable: AtomicU64::new(0),
             tokens: Mutex::new(BTreeSet::new()),
+            max_in_flight: config.max_in_flight,
+            in_flight: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -325,6 +340,7 @@ impl FaultRelay {
             relayed: s.relayed.load(Ordering::SeqCst),
             faults,
             peer_unreachable: s.peer_unreachable.load(Ordering::SeqCst),
+            throttled: s.throttled.load(Ordering::SeqCst),
         }
     }
 
@@ -398,6 +414,21 @@ fn reset(sock: TcpStream) {
     drop(sock);
 }
 
+/// Counts a request in flight until dropped; `.0` is the count with it.
+struct InFlight<'a>(u64, &'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> InFlight<'a> {
+        InFlight(shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1, shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.1.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn handle_connection(mut client: TcpStream, shared: Arc<Shared>) {
     let Some((head, mut body)) = read_head(&mut client).await else {
         return;
@@ -436,6 +467,19 @@ async fn handle_connection(mut client: TcpStream, shared: Arc<Shared>) {
     body.truncate(length);
     shared.requests.fetch_add(1, Ordering::SeqCst);
 
+    let in_flight = InFlight::enter(&shared);
+    if shared.max_in_flight.is_some_and(|max| in_flight.0 > max) {
+        shared.throttled.fetch_add(1, Ordering::SeqCst);
+        let body =
+            r#"{"code": 429, "title": "Too Many Requests", "message": "Rate limit exceeded."}"#;
+        let answer = format!(
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = client.write_all(answer.as_bytes()).await;
+        let _ = client.shutdown().await;
+        return;
+    }
     let (fault, extra) = shared.draw();
     if let Some(f) = fault {
         shared.count(f);
