@@ -233,10 +233,17 @@ mod tests {
     fn metrics_can_be_turned_off_and_namespaces_get_half_the_slots() {
         let a = Args::try_parse_from(["x", "--metrics-addr", "off"]).expect("parses");
         assert_eq!(a.metrics_addr, ListenAddr(None));
-        assert_eq!(a.namespace_slots(), 4, "half of the default 8");
+        assert_eq!(a.namespace_slots(), 8, "half of the default 16");
         let a = Args::try_parse_from(["x", "--concurrency", "1"]).expect("parses");
         assert_eq!(a.namespace_slots(), 1);
-        let a = Args::try_parse_from(["x", "--per-namespace-concurrency", "9"]).expect("parses");
+        let a = Args::try_parse_from([
+            "x",
+            "--concurrency",
+            "8",
+            "--per-namespace-concurrency",
+            "9",
+        ])
+        .expect("parses");
         assert_eq!(a.namespace_slots(), 8, "never more than the total");
     }
 

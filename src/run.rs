@@ -90,6 +90,15 @@ fn trim_cached(obj: &mut CloudImage) {
     }
 }
 
+/// Whether a listed object needs no reconcile now: it has the finalizer,
+/// is not being deleted, and its status holds the cloud's answer for its
+/// generation (see `pace::settled`).
+fn answered(obj: &CloudImage) -> bool {
+    obj.metadata.deletion_timestamp.is_none()
+        && obj.finalizers().iter().any(|f| f == crate::crd::FINALIZER)
+        && crate::controller::pace::settled(obj.status.as_ref(), obj.metadata.generation)
+}
+
 /// Whether an object is being deleted, as a predicate value.
 fn being_deleted(obj: &CloudImage) -> Option<u64> {
     Some(u64::from(obj.metadata.deletion_timestamp.is_some()))
@@ -378,6 +387,16 @@ impl Watch {
                         _ => {}
                     }
                 })
+                // A (re)list does not reconcile the objects that hold the
+                // cloud's answer for their generation: the sweeper looks
+                // them up in their second of the period. They are cached
+                // all the same; this spares a queue entry per object.
+                .try_filter(|event| {
+                    std::future::ready(match event {
+                        watcher::Event::InitApply(o) => !answered(o),
+                        _ => true,
+                    })
+                })
                 .applied_objects()
                 // Reconcile on what matters: spec changes, finalizer changes
                 // and deletion; not on the operator's own status writes.
@@ -531,6 +550,7 @@ async fn sweep(
                 continue;
             };
             if pace::due(pace::phase(uid, period), period, from, now) {
+                ctx.seen.due(uid);
                 let _ = requeue.unbounded_send(ObjectRef::from_obj(obj.as_ref()));
             }
         }

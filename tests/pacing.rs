@@ -49,14 +49,14 @@ async fn a_restart_looks_up_nothing_settled_and_the_sweep_still_finds_a_deleted_
     let started = now_secs();
     let op = s.start_operator(&["--resync-interval", "24h"]);
     wait_for(
-        "every object reconciled once after the restart",
+        "every object in the restarted operator's cache",
         T,
         || async {
-            let r = op.metric("cloudimage_reconciles_total").await;
-            if r >= n as f64 {
+            let w = op.metric("cloudimage_objects_watched").await;
+            if w >= n as f64 {
                 Ok(())
             } else {
-                Err(format!("{r} reconciles"))
+                Err(format!("{w} watched"))
             }
         },
     )

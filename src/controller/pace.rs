@@ -132,6 +132,15 @@ impl Seen {
             .insert(hash(uid), Some((now, generation)));
     }
 
+    /// The sweeper sends `uid` for its periodic lookup: not a first sight.
+    pub fn due(&self, uid: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(hash(uid))
+            .or_insert(None);
+    }
+
     /// A lookup of `uid` failed: the next one is not held back.
     pub fn failed(&self, uid: &str) {
         self.0
@@ -387,6 +396,9 @@ mod tests {
         assert_eq!(s.decide("u", g, false, soon, fresh), Lookup::Now);
         // New objects: a lookup.
         assert_eq!(s.decide("v", g, false, t0, fresh), Lookup::Now);
+        // Never reconciled here (not reconciled when listed), then due: a lookup.
+        s.due("w");
+        assert_eq!(s.decide("w", g, true, t0, fresh), Lookup::Now);
         // Forgotten (the object is gone): first seen again.
         s.forget("u");
         assert_eq!(s.decide("u", g, true, t0, fresh), Lookup::FirstSeen);
