@@ -274,7 +274,6 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         }
         None => info!("metrics endpoint off (--metrics-addr off)"),
     }
-    tokio::spawn(return_freed_memory());
     let controllers = watches.into_iter().flat_map(|w| {
         info!(namespace = %w.scope, concurrency = args.concurrency, "watching CloudImages and the metadata of Secrets");
         w.run(
@@ -552,28 +551,6 @@ async fn sweep(
             if pace::due(pace::phase(uid, period), period, from, now) {
                 ctx.seen.due(uid);
                 let _ = requeue.unbounded_send(ObjectRef::from_obj(obj.as_ref()));
-            }
-        }
-    }
-}
-
-/// Hands the memory the allocator holds but does not use back to the
-/// system, every few seconds. The caches are built from list pages of
-/// hundreds of objects, decoded and then dropped between the small objects
-/// that stay: glibc's malloc keeps those holes (and the pages under them)
-/// for itself otherwise, which is most of the resident memory at start-up
-/// (measured in docs/benchmarks.md).
-async fn return_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            // SAFETY: malloc_trim only touches the allocator's own free
-            // lists; it is safe to call at any time from any thread.
-            unsafe {
-                libc::malloc_trim(0);
             }
         }
     }
