@@ -215,9 +215,12 @@ phase_orc() {
     ((SECONDS < deadline)) || die "the HTTP server did not start: $(cat "$WORK/http.log")"
     sleep 0.1
   done
-  seq 0 $((N - 1)) | jq -c --arg url "http://127.0.0.1:$port/image.raw" --arg sha "$sha" '
+  # ORC adopts an existing image of the same name (and refuses when there
+  # are several): the names carry the run id, so images other runs or
+  # tests left in Glance can never match.
+  seq 0 $((N - 1)) | jq -c --arg url "http://127.0.0.1:$port/image.raw" --arg sha "$sha" --arg run "$RUN" '
     {apiVersion: "openstack.k-orc.cloud/v1alpha1", kind: "Image",
-     metadata: {name: "img-\(.)"},
+     metadata: {name: "orc-\($run)-\(.)"},
      spec: {cloudCredentialsRef: {secretName: "creds", cloudName: "bench"}, managementPolicy: "managed",
             resource: {content: {containerFormat: "bare", diskFormat: "raw",
                                  download: {url: $url, hash: {algorithm: "sha256", value: $sha}}}}}}' >"$objs"

@@ -60,3 +60,12 @@ else
 fi
 echo "[run-tests] cargo test"
 cargo test --locked -- --test-threads="${CLOUDIMAGE_TEST_THREADS:-8}"
+# The benchmark itself (bench/, docs/benchmarks.md) is not part of the test
+# run; this keeps its scripts working: a prune of 20 objects, floor and this
+# operator (debug binary, no ORC), which fails if any object or image stays.
+# CLOUDIMAGE_BENCH_SMOKE=0 skips it.
+if [[ "${CLOUDIMAGE_BENCH_SMOKE:-1}" != 0 ]]; then
+  echo "[run-tests] benchmark smoke: bench/prune.sh 20 floor,operator"
+  OPERATOR_BIN=target/debug/cloudimage-operator BENCH_WORK="$ROOT/target/tmp/bench-smoke" \
+    bench/prune.sh 20 floor,operator
+fi

@@ -163,6 +163,9 @@ fn hash(s: &str) -> u64 {
     h.finish()
 }
 
+/// How late a lookup may come for its reserved turn and still use it.
+const LATE: Duration = Duration::from_millis(250);
+
 /// A token bucket: `rate` tokens a second, at most `rate` saved up.
 #[derive(Clone, Copy, Debug)]
 struct Bucket {
@@ -200,13 +203,16 @@ impl Buckets {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let who = hash(uid);
         if let Some(&at) = st.reserved.get(&who) {
-            // Timers may fire a little early.
-            return if at <= now + Duration::from_millis(20) {
-                st.reserved.remove(&who);
-                Ok(())
-            } else {
-                Err(at - now)
-            };
+            if now + Duration::from_millis(20) < at {
+                return Err(at - now);
+            }
+            st.reserved.remove(&who);
+            // On time (timers may fire a little early, or a little late):
+            // its turn. Later than that, its turn has passed: going now
+            // would add to the turns of others, so it takes a new one.
+            if now <= at + LATE {
+                return Ok(());
+            }
         }
         let rate = self.rate;
         if st.buckets.len() > 4096 && !st.buckets.contains_key(key) {
@@ -351,6 +357,20 @@ mod tests {
         // At its turn it goes.
         assert_eq!(b.take("a", "o5", t0 + w5), Ok(()));
         assert_eq!(b.take("a", "o6", t0 + w6), Ok(()));
+        // Ten reserve turns (2 s of them); all come back late at once:
+        // only what the bucket holds goes, the others take new turns.
+        let t1 = t0 + Duration::from_secs(100);
+        for i in 0..5 {
+            assert_eq!(b.take("c", &format!("r{i}"), t1), Ok(()));
+        }
+        for i in 0..10 {
+            assert!(b.take("c", &format!("l{i}"), t1).is_err());
+        }
+        let back = t1 + Duration::from_millis(2500);
+        let went = (0..10)
+            .filter(|i| b.take("c", &format!("l{i}"), back).is_ok())
+            .count();
+        assert!(went <= 3, "{went} of 10 late turns went at once");
         // Another identity has its own bucket.
         assert_eq!(b.take("b", "x", t0), Ok(()));
         // Saved up to the rate, never more.
