@@ -94,9 +94,14 @@ fn trim_cached(obj: &mut CloudImage) {
 /// is not being deleted, and its status holds the cloud's answer for its
 /// generation (see `pace::settled`).
 fn answered(obj: &CloudImage) -> bool {
+    live_and_held(obj)
+        && crate::controller::pace::settled(obj.status.as_ref(), obj.metadata.generation)
+}
+
+/// Not being deleted, and carrying the operator's finalizer.
+fn live_and_held(obj: &CloudImage) -> bool {
     obj.metadata.deletion_timestamp.is_none()
         && obj.finalizers().iter().any(|f| f == crate::crd::FINALIZER)
-        && crate::controller::pace::settled(obj.status.as_ref(), obj.metadata.generation)
 }
 
 /// Whether an object is being deleted, as a predicate value.
@@ -155,7 +160,6 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         resync: args.resync_interval,
         accepted_poll: args.accepted_poll_interval,
         stall_after: args.deletion_stall_after,
-        check_rate: args.check_rate,
         backoff: BackoffConfig {
             fast_base: args.retry_fast,
             slow_base: args.retry_slow,
@@ -540,9 +544,7 @@ async fn sweep(
             continue;
         }
         for obj in store.state() {
-            if obj.metadata.deletion_timestamp.is_some()
-                || !obj.finalizers().iter().any(|f| f == crate::crd::FINALIZER)
-            {
+            if !live_and_held(&obj) {
                 continue;
             }
             let Some(uid) = obj.metadata.uid.as_deref() else {

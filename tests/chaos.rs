@@ -1012,46 +1012,24 @@ async fn chaos_no_image_lost_none_deleted_wrongly_nothing_stuck() {
                     apiserver = Some(tokio::spawn(restart_apiserver()));
                 }
             }
-            Action::DeleteBatch(ns, names) => {
-                let mut args: Vec<String> = vec![
-                    "delete".into(),
-                    "cloudimages.cloudimage.dev".into(),
-                    "-n".into(),
-                    namespaces[*ns].clone(),
-                    "--wait=false".into(),
-                    "--ignore-not-found".into(),
-                ];
-                args.extend(names.iter().cloned());
-                let env = env.clone();
-                let what = action.describe();
-                tasks.push((
-                    what.clone(),
-                    tokio::spawn(async move { kubectl(&env, args).await.map(|_| what) }),
-                ));
-            }
-            Action::DeleteNamespace => {
-                let args = vec![
-                    "delete".into(),
-                    "namespace".into(),
-                    namespaces[DOOMED].clone(),
-                    "--wait=false".into(),
-                    "--ignore-not-found".into(),
-                ];
-                let env = env.clone();
-                let what = action.describe();
-                tasks.push((
-                    what.clone(),
-                    tokio::spawn(async move { kubectl(&env, args).await.map(|_| what) }),
-                ));
-            }
-            Action::PruneBundle => {
-                let args = vec![
-                    "delete".into(),
-                    "-f".into(),
-                    bundle_file.clone(),
-                    "--wait=false".into(),
-                    "--ignore-not-found".into(),
-                ];
+            Action::DeleteBatch(..) | Action::DeleteNamespace | Action::PruneBundle => {
+                // What a person or a GitOps tool would run, without waiting.
+                let mut args: Vec<String> = vec!["delete".into()];
+                match action {
+                    Action::DeleteBatch(ns, names) => {
+                        args.extend([
+                            "cloudimages.cloudimage.dev".into(),
+                            "-n".into(),
+                            namespaces[*ns].clone(),
+                        ]);
+                        args.extend(names.iter().cloned());
+                    }
+                    Action::DeleteNamespace => {
+                        args.extend(["namespace".into(), namespaces[DOOMED].clone()]);
+                    }
+                    _ => args.extend(["-f".into(), bundle_file.clone()]),
+                }
+                args.extend(["--wait=false".into(), "--ignore-not-found".into()]);
                 let env = env.clone();
                 let what = action.describe();
                 tasks.push((

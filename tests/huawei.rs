@@ -26,16 +26,21 @@ async fn ims_scope(test: &str) -> (Scope, ImsDouble) {
     (s, ims)
 }
 
-#[tokio::test]
-async fn delete_backup_is_sent_exactly_as_the_spec_says() {
-    let (s, ims) = ims_scope("hw-body").await;
+/// Two CloudImages on the IMS double, `deleteBackup: true` and unset, each
+/// image answering `polls` GETs after its DELETE before 404; both deleted and
+/// waited for (an operator runs meanwhile). Their image ids, in that order.
+async fn delete_with_and_without_backup(
+    s: &Scope,
+    ims: &ImsDouble,
+    polls: u32,
+) -> (String, String) {
     let _op = s.start_operator(&[]);
     let (with, without) = (
         uuid::Uuid::new_v4().to_string(),
         uuid::Uuid::new_v4().to_string(),
     );
-    ims.add_image(&with, false, 0);
-    ims.add_image(&without, false, 0);
+    ims.add_image(&with, false, polls);
+    ims.add_image(&without, false, polls);
     let mut sp = spec(&with, SECRET, CLOUD);
     sp["deleteBackup"] = json!(true);
     s.create("with-backup", sp).await.expect("create");
@@ -48,6 +53,13 @@ async fn delete_backup_is_sent_exactly_as_the_spec_says() {
     }
     s.wait_gone("with-backup", T).await;
     s.wait_gone("without-backup", T).await;
+    (with, without)
+}
+
+#[tokio::test]
+async fn delete_backup_is_sent_exactly_as_the_spec_says() {
+    let (s, ims) = ims_scope("hw-body").await;
+    let (with, without) = delete_with_and_without_backup(&s, &ims, 0).await;
 
     let calls = ims.deletes();
     let body_for = |id: &str| {
@@ -302,25 +314,7 @@ fn the_doubles_verifier_reproduces_the_published_vectors() {
 #[tokio::test]
 async fn aksk_deletes_with_delete_backup_true_and_false() {
     let (s, ims) = aksk_scope("aksk-body").await;
-    let _op = s.start_operator(&[]);
-    let (with, without) = (
-        uuid::Uuid::new_v4().to_string(),
-        uuid::Uuid::new_v4().to_string(),
-    );
-    ims.add_image(&with, false, 2);
-    ims.add_image(&without, false, 2);
-    let mut sp = spec(&with, SECRET, CLOUD);
-    sp["deleteBackup"] = json!(true);
-    s.create("with-backup", sp).await.expect("create");
-    s.create("without-backup", spec(&without, SECRET, CLOUD))
-        .await
-        .expect("create");
-    for n in ["with-backup", "without-backup"] {
-        s.wait_ready(n).await;
-        s.delete(n).await;
-    }
-    s.wait_gone("with-backup", T).await;
-    s.wait_gone("without-backup", T).await;
+    let (with, without) = delete_with_and_without_backup(&s, &ims, 2).await;
 
     let body_of = |id: &str| {
         let call = ims

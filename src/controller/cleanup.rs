@@ -41,7 +41,7 @@ pub async fn cleanup(
                 let answer = match call {
                     Call::DryRunLookup | Call::ConfirmGone => {
                         let r = cloud.get_image(id).await;
-                        place.done(limit::signal_of(r.as_ref().err().map(|e| e.kind)));
+                        place.done(limit::signal_of(&r));
                         Answer::Lookup(r.map_err(Into::into))
                     }
                     Call::Delete => {
@@ -52,7 +52,7 @@ pub async fn cleanup(
                             tell(ctx, obj, true, Reason::DeleteBackupIgnored, note).await;
                         }
                         let r = cloud.delete_image(id, obj.spec.delete_backup).await;
-                        place.done(limit::signal_of(r.as_ref().err().map(|e| e.kind)));
+                        place.done(limit::signal_of(&r));
                         Answer::Deletion(r.map_err(Into::into))
                     }
                 };

@@ -47,8 +47,6 @@ pub struct Settings {
     /// `DeletionStalled` (polling goes on).
     pub stall_after: Duration,
     pub backoff: BackoffConfig,
-    /// Image lookups per second per cloud identity (see `pace`).
-    pub check_rate: u32,
 }
 
 impl Default for Settings {
@@ -59,7 +57,6 @@ impl Default for Settings {
             accepted_poll: Duration::from_secs(3),
             stall_after: Duration::from_secs(600),
             backoff: BackoffConfig::default(),
-            check_rate: 20,
         }
     }
 }

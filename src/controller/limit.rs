@@ -193,11 +193,13 @@ impl Drop for Permit {
     }
 }
 
-/// What a cloud error says about capacity.
-pub fn signal_of(kind: Option<crate::cloud::error::ErrorKind>) -> Signal {
+/// What a call's result says about capacity.
+pub fn signal_of<T>(result: &Result<T, crate::cloud::error::CloudError>) -> Signal {
     use crate::cloud::error::ErrorKind;
-    match kind {
-        Some(ErrorKind::Throttled | ErrorKind::Unavailable) => Signal::PushBack,
+    match result {
+        Err(e) if matches!(e.kind, ErrorKind::Throttled | ErrorKind::Unavailable) => {
+            Signal::PushBack
+        }
         _ => Signal::Fine,
     }
 }

@@ -59,7 +59,7 @@ pub async fn observe(
             let started = Instant::now();
             let place = ctx.limits.acquire(&key).await;
             let r = cloud.get_image(id).await;
-            place.done(limit::signal_of(r.as_ref().err().map(|e| e.kind)));
+            place.done(limit::signal_of(&r));
             let r = r.map_err(Problem::from);
             match &r {
                 Ok(_) => ctx.seen.answered(uid, generation, started),
